@@ -1,0 +1,147 @@
+"""The one run configuration: the API's request schema and what `mbpo_core` executes.
+
+Every field is documented with the reason it exists; DESIGN.md section 2 defines the method.
+Sections are frozen pydantic models with ``extra="forbid"`` so a typo is an error naming the field,
+never a silently ignored setting. This module must stay free of torch (the API imports it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NullImage = Literal["gray", "noise", "blur"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IIGConfig(_Section):
+    """Image Information Gain scoring and the offline-pool filter (DESIGN 2.1)."""
+
+    null_image: NullImage = Field(
+        "gray",
+        description="Neutral image replacing the real one. 'gray' keeps token positions and carries no "
+        "content; 'noise' and 'blur' are alternatives for models that read gray as a cue.",
+    )
+    keep_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of the offline pool kept, highest IIG first: the samples whose ground truth "
+        "truly needs the image are the ones worth attacking.",
+    )
+    min_iig: float | None = Field(
+        None,
+        description="Absolute IIG threshold; when set it replaces keep_fraction.",
+    )
+    batch_size: int = Field(16, ge=1, description="Samples per teacher-forced forward pass.")
+
+
+class AttackConfig(_Section):
+    """Projected gradient descent on the clean image (DESIGN 2.2)."""
+
+    eps: float = Field(8 / 255, gt=0, le=1, description="L-inf budget in [0,1] pixel space (8/255 is invisible).")
+    step_size: float = Field(2 / 255, gt=0, le=1, description="Size of each sign-gradient step.")
+    steps: int = Field(10, ge=1, le=1000, description="PGD iterations.")
+    random_start: bool = Field(False, description="Start from a uniform point in the eps-ball.")
+    batch_size: int = Field(8, ge=1, description="Images attacked together (same-size images are bucketed).")
+
+    @model_validator(mode="after")
+    def _step_within_budget(self) -> AttackConfig:
+        if self.step_size > self.eps:
+            raise ValueError("attack.step_size must not exceed attack.eps")
+        return self
+
+
+class MiningConfig(_Section):
+    """Hard-negative mining on the perturbed image (DESIGN 2.3)."""
+
+    max_new_tokens: int = Field(16, ge=1, le=512, description="Decode budget for the rejected answer.")
+    do_sample: bool = Field(False, description="Greedy decoding (default) makes mining reproducible.")
+    limit: int | None = Field(None, ge=1, description="Cap on pool samples considered (after IIG filter).")
+    random_noise_baseline: bool = Field(
+        True, description="Also attack with uniform sign noise of the same budget, for comparison."
+    )
+
+
+class LoraConfig(_Section):
+    """Parameter-efficient fine-tuning with peft."""
+
+    enabled: bool = Field(True, description="Train LoRA adapters instead of all weights.")
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Language-model linear layers that get adapters (the vision tower is never adapted).",
+    )
+
+
+class TrainConfig(_Section):
+    """Hybrid offline/online GRPO (DESIGN 2.4-2.5)."""
+
+    offline_fraction: float = Field(
+        0.5, ge=0, le=1, description="Share of groups per batch built from mined pairs; 0 = plain online GRPO."
+    )
+    offline_ratio: Literal["on_policy", "luffy"] = Field(
+        "on_policy",
+        description="Importance ratio for off-policy offline answers: 'on_policy' treats them as sampled "
+        "by the current policy (ratio starts at 1); 'luffy' shapes it as p/(p+0.1) without clipping.",
+    )
+    num_generations: int = Field(4, ge=2, description="Group size G (offline groups: chosen, rejected, G-2 samples).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of online answers.")
+    max_completion_length: int = Field(16, ge=1, description="Token budget of a sampled answer.")
+    beta: float = Field(0.04, ge=0, description="KL coefficient to the frozen reference model.")
+    epsilon: float = Field(0.2, gt=0, description="PPO clip range of the ratio.")
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field("dapo", description="TRL's loss normalisation.")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="Learning-rate schedule.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    max_steps: int = Field(100, ge=1, description="Optimiser steps.")
+    prompts_per_step: int = Field(4, ge=1, description="Groups (prompts) per optimiser step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
+    save_steps: int = Field(25, ge=1, description="Checkpoint every N steps (and at the end).")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    freeze_vision: bool = Field(True, description="Keep the vision tower frozen (the usual and cheaper choice).")
+
+    @model_validator(mode="after")
+    def _offline_groups_need_room(self) -> TrainConfig:
+        if self.offline_fraction > 0 and self.num_generations < 2:
+            raise ValueError("train.num_generations must be >= 2 when offline_fraction > 0")
+        if self.warmup_steps >= self.max_steps and self.warmup_steps > 0:
+            raise ValueError("train.warmup_steps must be smaller than train.max_steps")
+        return self
+
+
+class EvalConfig(_Section):
+    """POPE-style and VQA evaluation (DESIGN 2.6)."""
+
+    limit: int | None = Field(None, ge=1, description="Samples per split (yes/no balance kept).")
+    batch_size: int = Field(32, ge=1, description="Samples per generation batch.")
+    max_new_tokens: int = Field(8, ge=1, description="Decode budget for close-ended answers.")
+    attack_eval: bool = Field(True, description="Also measure attack success of a fresh PGD on the model.")
+
+
+class MBPOConfig(_Section):
+    """A whole MBPO run: score -> mine -> train -> evaluate."""
+
+    seed: int = Field(0, description="Seed for every random choice of the run.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when present.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' = bfloat16 on GPU, float32 on CPU."
+    )
+    iig: IIGConfig = Field(default_factory=IIGConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> MBPOConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.model_validate(data)
