@@ -1,0 +1,32 @@
+"""Image-only Qwen processors.
+
+The stock Qwen2-VL / Qwen2.5-VL processors also require a video processor, and the only video
+processor needs torchvision, which this project must not install (DESIGN section 6). These
+subclasses drop the video argument from `__init__` (ProcessorMixin discovers its sub-processors from
+that signature), so they construct, save and load with the PIL image processor alone. Everything
+else, including the token expansion of `<|image_pad|>`, is the real Hugging Face code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+
+
+class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any
+    ):
+        super().__init__(
+            image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs
+        )
+
+
+class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any
+    ):
+        super().__init__(
+            image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs
+        )
