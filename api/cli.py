@@ -1,7 +1,151 @@
-"""Placeholder until its owner lands the commands."""
+"""`mbpo serve`, `mbpo api` and `mbpo keys create`. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+
+DEV_ADMIN_USER = "admin"
+DEV_KEY_FILE = "admin_key"
+
+
+def _ensure_embedded_schema() -> None:
+    from api.db.migrate import upgrade_to_head
+    from api.settings import get_settings
+
+    settings = get_settings()
+    if settings.embedded:
+        settings.home_dir.mkdir(parents=True, exist_ok=True)
+        upgrade_to_head(settings.sqlalchemy_url)
+
+
+def _create_key(user: str, name: str, admin: bool) -> str:
+    from api.auth.service import create_api_key
+    from api.db.session import get_session_factory
+    from api.settings import get_settings
+
+    with get_session_factory(get_settings().sqlalchemy_url).begin() as session:
+        _, key = create_api_key(session, user_name=user, key_name=name, admin=admin)
+    return key
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="User the key belongs to (created if new).")],
+    admin: Annotated[bool, typer.Option("--admin", help="The key sees every user's resources.")] = False,
+    key_name: Annotated[str | None, typer.Option(help="Label of the key (default: the user name).")] = None,
+) -> None:
+    """Create an API key and print it. It is shown once: only its hash is stored."""
+    _ensure_embedded_schema()
+    typer.echo(_create_key(name, key_name or name, admin))
+
+
+def _dev_admin_key(home: Path) -> tuple[str, bool]:
+    """The development admin key kept in MBPO_HOME, created on first start. (key, created)."""
+    from api.auth.service import authenticate
+    from api.db.session import get_session_factory
+    from api.settings import get_settings
+
+    path = home / DEV_KEY_FILE
+    if path.is_file():
+        key = path.read_text().strip()
+        with get_session_factory(get_settings().sqlalchemy_url).begin() as session:
+            if authenticate(session, key) is not None:
+                return key, False
+    key = _create_key(DEV_ADMIN_USER, "development admin key", True)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key, True
+
+
+def _start_worker() -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "mbpo_cli.main",
+        "worker",
+        "--queues",
+        "cpu,gpu,inference",
+        "--concurrency",
+        "1",
+    ]
+    return subprocess.Popen(cmd, env=os.environ.copy())
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    worker: Annotated[bool, typer.Option(help="Also start one local worker for all queues.")] = True,
+) -> None:
+    """Run the service: migrate, print the admin key, start a local worker and the API.
+
+    Without DATABASE_URL and BROKER_URL everything lives in MBPO_HOME (SQLite database, SQLite
+    broker): no servers needed. With them set, the same code uses PostgreSQL and Redis."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.db.migrate import upgrade_to_head
+    from api.settings import get_settings
+
+    settings = get_settings()
+    home = settings.home_dir
+    home.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.sqlalchemy_url)
+    mode = "embedded (SQLite + local broker)" if settings.embedded else "PostgreSQL + broker"
+    typer.echo(f"MBPO service: {mode}; data in {home}")
+    if settings.env != "production":
+        key, created = _dev_admin_key(home)
+        state = "created" if created else "kept"
+        typer.echo(f"Development admin key ({state} in {home / DEV_KEY_FILE}):\n\n    {key}\n")
+    typer.echo(f"API: http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)", err=False)
+    proc = _start_worker() if worker else None
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    finally:
+        if proc is not None:
+            _stop(proc)
+
+
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Run only the API (production: migrations and workers are separate processes)."""
+    import uvicorn
+
+    from api.settings import get_settings
+
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        log_level=get_settings().log_level.lower(),
+    )
+
 
 def register(app: typer.Typer) -> None:
-    del app
+    app.command("serve")(serve)
+    app.command("api")(api)
+    app.add_typer(keys_app, name="keys")

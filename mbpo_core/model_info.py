@@ -20,7 +20,12 @@ FAMILIES: dict[str, str] = {
 
 
 class ModelDirError(ValueError):
-    """The directory is not a usable local model; the message says why."""
+    """The directory is not a usable local model; the message says why, `code` says what kind:
+    not_a_model_dir, remote_code, unknown_family, no_weights, bad_weights."""
+
+    def __init__(self, message: str, code: str = "invalid_model"):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -38,43 +43,68 @@ def detect_family(config: dict) -> str | None:
 
 def _safetensors_param_count(path: Path) -> int:
     # The header is a little-endian u64 length followed by JSON naming every tensor's shape.
-    with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > 100_000_000:
-            raise ModelDirError(f"{path.name}: implausible safetensors header")
-        header = json.loads(f.read(n))
-    total = 0
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        count = 1
-        for dim in meta["shape"]:
-            count *= int(dim)
-        total += count
+    try:
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:
+                raise ModelDirError(f"{path.name}: implausible safetensors header", "bad_weights")
+            header = json.loads(f.read(n))
+        total = 0
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for dim in meta["shape"]:
+                count *= int(dim)
+            total += count
+    except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
+        if isinstance(exc, ModelDirError):
+            raise
+        raise ModelDirError(f"{path.name}: not a readable safetensors file ({exc})", "bad_weights") from exc
     return total
+
+
+# Processor and tokenizer configs can also point at custom code through their own auto_map.
+_SIDE_CONFIGS = ("tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+
+
+def _side_configs_map_code(root: Path) -> bool:
+    for name in _SIDE_CONFIGS:
+        try:
+            data = json.loads((root / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            return True
+    return False
 
 
 def inspect_model_dir(path: str | Path) -> ModelInfo:
     root = Path(path)
     config_path = root / "config.json"
     if not config_path.is_file():
-        raise ModelDirError(f"{root}: no config.json (not a Hugging Face model directory)")
+        raise ModelDirError(f"{root}: no config.json (not a Hugging Face model directory)", "not_a_model_dir")
     try:
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ModelDirError(f"config.json: {exc}") from exc
+        raise ModelDirError(f"config.json: {exc}", "not_a_model_dir") from exc
     if not isinstance(config, dict):
-        raise ModelDirError("config.json: not a JSON object")
-    if config.get("auto_map") or any(p.suffix == ".py" for p in root.iterdir()):
-        raise ModelDirError("model needs trust_remote_code (custom code is never executed)")
+        raise ModelDirError("config.json: not a JSON object", "not_a_model_dir")
+    if (
+        config.get("auto_map")
+        or _side_configs_map_code(root)
+        or any(p.suffix == ".py" for p in root.iterdir())
+    ):
+        raise ModelDirError("model needs trust_remote_code (custom code is never executed)", "remote_code")
     family = detect_family(config)
     if family is None:
         raise ModelDirError(
-            f"unknown model family {config.get('model_type')!r}; supported: {', '.join(sorted(FAMILIES))}"
+            f"unknown model family {config.get('model_type')!r}; supported: {', '.join(sorted(FAMILIES))}",
+            "unknown_family",
         )
     weights = sorted(p.name for p in root.glob("*.safetensors"))
     if not weights:
-        raise ModelDirError("no *.safetensors weights (pickled .bin weights are refused)")
+        raise ModelDirError("no *.safetensors weights (pickled .bin weights are refused)", "no_weights")
     return ModelInfo(
         family=family,
         model_type=str(config["model_type"]),

@@ -1,0 +1,1 @@
+"""Celery workers: queues by workload, thin tasks over plain functions, database leases."""

@@ -1,0 +1,41 @@
+"""The FastAPI application factory (`uvicorn --factory api.app:create_app`)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from api.datasets.routes import router as datasets_router
+from api.db.session import get_session_factory
+from api.deps import get_principal
+from api.errors import register_error_handlers
+from api.health.routes import router as health_router
+from api.models.routes import router as models_router
+from api.settings import Settings, get_settings
+
+API_VERSION = "0.1.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = FastAPI(
+        title="MBPO alignment service",
+        version=API_VERSION,
+        description="Align vision-language models against hallucination with Modality-Balancing "
+        "Preference Optimization. Every /v1 route needs `Authorization: Bearer <API key>`.",
+    )
+    app.state.settings = settings
+    app.state.session_factory = get_session_factory(settings.sqlalchemy_url)
+    register_error_handlers(app)
+
+    app.include_router(health_router)
+    # Authentication on the router: no /v1 route can forget it.
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(get_principal, scope="function")])
+    v1.include_router(datasets_router)
+    v1.include_router(models_router)
+    app.include_router(v1)
+    return app

@@ -1,0 +1,119 @@
+"""/v1/datasets: thin HTTP adapters over api.datasets.service."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from api.datasets import service
+from api.datasets.schemas import DatasetDetail, DatasetFromPath, DatasetRead
+from api.db.models import Dataset
+from api.deps import JobQueueDep, PrincipalDep, SessionDep, SettingsDep
+from api.errors import Unprocessable, UnsupportedMediaType
+from api.pagination import Page, decode_cursor, encode_cursor
+from api.uploads import read_body, read_form
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+# A JSON registration is a name and a path; anything bigger is not one.
+_MAX_JSON_BYTES = 64 * 1024
+
+_CREATE_BODIES: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": DatasetFromPath.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["name", "manifest", "images"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "manifest": {"type": "string", "format": "binary", "description": "JSONL manifest"},
+                        "images": {"type": "string", "format": "binary", "description": "zip of the images"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def _file_field(form: Any, name: str, *, required: bool) -> UploadFile | None:
+    value = form.get(name)
+    if value is None:
+        if required:
+            raise Unprocessable(f"multipart field {name!r} is required", code="validation_error", field=name)
+        return None
+    if not isinstance(value, UploadFile):
+        raise Unprocessable(f"multipart field {name!r} must be a file", code="validation_error", field=name)
+    return value
+
+
+@router.post("", status_code=201, response_model=DatasetDetail, openapi_extra=_CREATE_BODIES)
+async def create_dataset(
+    request: Request, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, jobs: JobQueueDep
+) -> DatasetDetail:
+    """Register a dataset from a server path (JSON) or upload one (multipart: manifest + images zip).
+
+    The dataset starts `validating`; a worker moves it to `ready` or `invalid` (see its report)."""
+    content_type = request.headers.get("content-type", "")
+    dataset: Dataset
+    if content_type.startswith("multipart/form-data"):
+        form = await read_form(request, settings.max_upload_bytes, max_files=2, max_fields=3)
+        try:
+            name = form.get("name")
+            if not isinstance(name, str):
+                raise Unprocessable(
+                    "multipart field 'name' is required", code="validation_error", field="name"
+                )
+            manifest = _file_field(form, "manifest", required=True)
+            images = _file_field(form, "images", required=True)
+            assert manifest is not None
+            dataset = await run_in_threadpool(
+                service.create_from_upload,
+                session,
+                jobs,
+                settings,
+                principal,
+                name=name,
+                manifest=manifest.file,
+                images=images.file if images else None,
+            )
+        finally:
+            await form.close()
+    elif content_type.startswith("application/json"):
+        raw = await read_body(request, _MAX_JSON_BYTES)
+        try:
+            body = DatasetFromPath.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+            raise RequestValidationError(errors) from exc
+        dataset = await run_in_threadpool(service.create_from_path, session, jobs, settings, principal, body)
+    else:
+        raise UnsupportedMediaType(
+            "send application/json ({name, path}) or multipart/form-data (name, manifest, images)"
+        )
+    return DatasetDetail.from_row(dataset)
+
+
+@router.get("", response_model=Page[DatasetRead])
+def list_datasets(
+    session: SessionDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> Page[DatasetRead]:
+    rows = service.list_datasets(session, principal, before=decode_cursor(cursor), limit=limit + 1)
+    page = [DatasetRead.from_row(r) for r in rows[:limit]]
+    return Page[DatasetRead](data=page, next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None)
+
+
+@router.get("/{dataset_id}", response_model=DatasetDetail)
+def get_dataset(dataset_id: str, session: SessionDep, principal: PrincipalDep) -> DatasetDetail:
+    return DatasetDetail.from_row(service.get_dataset(session, principal, dataset_id))

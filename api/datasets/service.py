@@ -1,0 +1,124 @@
+"""Dataset use cases: register from a server path or an upload, read, list.
+
+Creation writes the row in `validating` and enqueues the validation job; the session dependency
+commits, then sends the job (ids only). Upload files are staged and moved into place atomically;
+if anything fails, the staged files are removed and nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy.orm import Session
+
+from api.auth.service import Principal
+from api.datasets import storage
+from api.datasets.repository import DatasetRepository
+from api.datasets.schemas import DatasetFromPath
+from api.db.base import new_id
+from api.db.models import Dataset, DatasetStatus
+from api.errors import NotFound, Unprocessable
+from api.jobs import JobQueue, TaskName
+from api.paths import resolve_allowed_path
+from api.settings import Settings
+
+
+def _manifest_location(resolved: Path) -> tuple[Path, str]:
+    if resolved.is_dir():
+        if not (resolved / storage.MANIFEST_NAME).is_file():
+            raise Unprocessable(
+                f"directory has no {storage.MANIFEST_NAME}", code="manifest_not_found", field="path"
+            )
+        return resolved, storage.MANIFEST_NAME
+    if resolved.is_file() and resolved.suffix == ".jsonl":
+        return resolved.parent, resolved.name
+    raise Unprocessable("path must be a directory or a .jsonl manifest", code="invalid_path", field="path")
+
+
+def create_from_path(
+    session: Session, jobs: JobQueue, settings: Settings, principal: Principal, body: DatasetFromPath
+) -> Dataset:
+    root, manifest_name = _manifest_location(resolve_allowed_path(body.path, settings))
+    dataset = DatasetRepository(session).add(
+        Dataset(
+            owner_id=principal.user_id,
+            name=body.name,
+            source="path",
+            root_path=str(root),
+            manifest_name=manifest_name,
+            status=DatasetStatus.validating,
+        )
+    )
+    jobs.enqueue(TaskName.validate_dataset, dataset.id)
+    return dataset
+
+
+def create_from_upload(
+    session: Session,
+    jobs: JobQueue,
+    settings: Settings,
+    principal: Principal,
+    *,
+    name: str,
+    manifest: BinaryIO,
+    images: BinaryIO | None,
+) -> Dataset:
+    name = name.strip()
+    if not 1 <= len(name) <= 200:
+        raise Unprocessable("name must be 1 to 200 characters", code="validation_error", field="name")
+    dataset_id = new_id("ds")
+    final_dir = settings.datasets_dir / dataset_id
+    staging = settings.datasets_dir / f".staging-{dataset_id}"
+    staging.mkdir(parents=True)
+    try:
+        if images is not None:
+            storage.extract_zip(
+                images,
+                staging,
+                max_total_bytes=settings.max_extracted_bytes,
+                max_entries=settings.max_zip_entries,
+                max_ratio=settings.max_zip_ratio,
+            )
+        # Written after the zip: the uploaded manifest wins over a zip entry of the same name.
+        manifest_path = staging / storage.MANIFEST_NAME
+        if manifest_path.is_dir():
+            raise Unprocessable(
+                f"zip has a directory named {storage.MANIFEST_NAME}", code="invalid_zip", field="images"
+            )
+        if storage.copy_stream(manifest, manifest_path) == 0:
+            raise Unprocessable("manifest is empty", code="empty_manifest", field="manifest")
+        os.rename(staging, final_dir)
+    except BaseException:
+        storage.remove_tree(staging)
+        raise
+    jobs.on_rollback(lambda: storage.remove_tree(final_dir))
+    dataset = DatasetRepository(session).add(
+        Dataset(
+            id=dataset_id,
+            owner_id=principal.user_id,
+            name=name,
+            source="upload",
+            root_path=str(final_dir),
+            manifest_name=storage.MANIFEST_NAME,
+            status=DatasetStatus.validating,
+        )
+    )
+    jobs.enqueue(TaskName.validate_dataset, dataset.id)
+    return dataset
+
+
+def get_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
+    dataset = DatasetRepository(session).get_visible(dataset_id, principal)
+    if dataset is None:
+        # Another user's dataset is indistinguishable from a missing one.
+        raise NotFound(f"dataset {dataset_id} not found")
+    return dataset
+
+
+def list_datasets(
+    session: Session, principal: Principal, *, before: str | None, limit: int
+) -> Sequence[Dataset]:
+    return DatasetRepository(session).list_visible(principal, before=before, limit=limit)

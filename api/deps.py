@@ -1,0 +1,86 @@
+"""Request dependencies as `Annotated` aliases: settings, the session (the one commit point), the
+after-commit job queue and the authenticated principal."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.auth.service import Principal, authenticate
+from api.errors import Unauthorized
+from api.jobs import JobQueue, get_celery
+from api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
+def get_job_queue() -> JobQueue:
+    return JobQueue()
+
+
+JobQueueDep = Annotated[JobQueue, Depends(get_job_queue)]
+
+
+def get_session(
+    settings: SettingsDep,
+    jobs: JobQueueDep,
+    factory: Annotated[sessionmaker[Session], Depends(get_session_factory)],
+) -> Iterator[Session]:
+    """The only place that commits. Jobs are sent after the commit succeeded, never before."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        jobs.discard()
+        raise
+    finally:
+        session.close()
+    if jobs.jobs:
+        try:
+            jobs.send(get_celery(settings))
+        except Exception:
+            # The row is committed; failing the request would invite a duplicate. The worker's
+            # startup sweep re-enqueues jobs whose message never made it.
+            log.exception("could not enqueue jobs; they will be picked up by the next sweep")
+
+
+# scope="function": commit (and enqueue) before the response is sent, so a client never sees a
+# 201 for something that then fails to commit, nor reads before the commit.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+_bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer mbpo_...`")
+
+
+def get_principal(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized()
+    principal = authenticate(session, credentials.credentials)
+    if principal is None:
+        raise Unauthorized()
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal, scope="function")]

@@ -1,0 +1,38 @@
+"""/healthz (the process is up) and /readyz (it can reach its database and broker)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.deps import SettingsDep, get_session_factory
+from api.errors import error_body
+from api.health.service import check_broker, check_database
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "database or broker unreachable"}})
+async def readyz(
+    settings: SettingsDep, factory: Annotated[sessionmaker[Session], Depends(get_session_factory)]
+) -> JSONResponse:
+    problems = {
+        "database": await run_in_threadpool(check_database, factory),
+        "broker": await run_in_threadpool(check_broker, settings),
+    }
+    checks: dict[str, Any] = {name: problem or "ok" for name, problem in problems.items()}
+    failing = [f"{name}: {problem}" for name, problem in problems.items() if problem]
+    if failing:
+        body = error_body("not_ready", "; ".join(failing))
+        body["checks"] = checks
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"status": "ready", "checks": checks, "embedded": settings.embedded})

@@ -1,0 +1,284 @@
+"""Dataset validation: every manifest line parsed, every image opened and checked, stats and
+thumbnails produced. Plain functions; the Celery task in worker.tasks is a thin shell over
+`run_dataset_validation`, and tests call these directly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db.base import utcnow
+from api.db.lease import Lease
+from api.db.models import Dataset, DatasetStatus
+from api.settings import Settings
+from mbpo_core.manifest import (
+    ImageInfo,
+    ManifestError,
+    ManifestSample,
+    iter_manifest,
+    open_image_checked,
+    resolve_image_path,
+)
+
+log = logging.getLogger(__name__)
+
+# The report lists problems one by one up to this many; the counts by code are always complete.
+MAX_REPORTED_ERRORS = 1000
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int
+    max_bytes: int
+
+
+@dataclass
+class ValidationResult:
+    valid: bool
+    num_samples: int
+    task_counts: dict[str, int]
+    stats: dict[str, Any]
+    report: dict[str, Any]
+
+
+class LeaseLost(Exception):
+    """Another worker owns the job now; stop without writing anything."""
+
+
+@dataclass
+class _Collector:
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    error_counts: Counter[str] = field(default_factory=Counter)
+    lines: int = 0
+    samples: list[ManifestSample] = field(default_factory=list)
+    images: dict[str, ImageInfo] = field(default_factory=dict)
+    thumbnails: dict[str, str] = field(default_factory=dict)
+
+    def error(self, exc: ManifestError) -> None:
+        self.error_counts[exc.code] += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(exc.as_dict())
+
+
+def _thumbnail_name(ref: str) -> str:
+    return hashlib.sha256(ref.encode()).hexdigest()[:20] + ".jpg"
+
+
+def _check_image(
+    root: Path, sample: ManifestSample, limits: ImageLimits, thumbs: Path | None, size: int, out: _Collector
+) -> None:
+    if sample.image in out.images:
+        return
+    path = resolve_image_path(root, sample.image, line=sample.line)
+    image, info = open_image_checked(
+        path, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes, line=sample.line
+    )
+    if thumbs is not None:
+        image.thumbnail((size, size))
+        name = _thumbnail_name(sample.image)
+        image.save(thumbs / name, "JPEG", quality=85)
+        out.thumbnails[sample.image] = name
+    out.images[sample.image] = info
+
+
+def _task_stats(samples: list[ManifestSample]) -> dict[str, Any]:
+    by_task: dict[str, list[ManifestSample]] = defaultdict(list)
+    for s in samples:
+        by_task[s.task].append(s)
+    stats: dict[str, Any] = {}
+    for task, group in sorted(by_task.items()):
+        entry: dict[str, Any] = {
+            "count": len(group),
+            "mean_question_chars": round(statistics.fmean(len(s.question) for s in group), 2),
+        }
+        if task == "yes_no":
+            answers = Counter(s.answer.strip().lower().rstrip(".") for s in group)
+            entry["answers"] = dict(answers)
+            entry["yes_ratio"] = round(
+                sum(v for k, v in answers.items() if k.startswith("yes")) / len(group), 4
+            )
+        elif task == "multiple_choice":
+            entry["answers"] = dict(Counter(s.answer.strip() for s in group).most_common(26))
+            entry["choices_per_question"] = dict(Counter(str(len(s.choices)) for s in group))
+        elif task == "number":
+            values = [float(s.answer) for s in group if _is_float(s.answer)]
+            if values:
+                entry.update(min=min(values), max=max(values), mean=round(statistics.fmean(values), 4))
+        else:
+            entry["mean_answer_words"] = round(statistics.fmean(len(s.answer.split()) for s in group), 2)
+        stats[task] = entry
+    return stats
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _image_stats(images: dict[str, ImageInfo]) -> dict[str, Any]:
+    if not images:
+        return {"distinct": 0}
+    infos = list(images.values())
+    return {
+        "distinct": len(infos),
+        "min_width": min(i.width for i in infos),
+        "max_width": max(i.width for i in infos),
+        "min_height": min(i.height for i in infos),
+        "max_height": max(i.height for i in infos),
+        "total_bytes": sum(i.size_bytes for i in infos),
+        "formats": dict(Counter(i.format for i in infos)),
+    }
+
+
+def validate_dataset_files(
+    root: Path,
+    manifest: Path,
+    limits: ImageLimits,
+    *,
+    thumbnails_dir: Path | None = None,
+    thumbnail_size: int = 128,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> ValidationResult:
+    """Check a manifest and its images. Never raises for bad data: problems go to the report."""
+    out = _Collector()
+    if thumbnails_dir is not None:
+        thumbnails_dir.mkdir(parents=True, exist_ok=True)
+    if not manifest.is_file():
+        out.error(ManifestError("manifest_not_found", f"{manifest.name} not found"))
+    else:
+        for number, item in iter_manifest(manifest):
+            if should_stop():
+                raise LeaseLost()
+            out.lines = number
+            if isinstance(item, ManifestError):
+                out.error(item)
+                continue
+            try:
+                _check_image(root, item, limits, thumbnails_dir, thumbnail_size, out)
+            except ManifestError as exc:
+                out.error(exc)
+                continue
+            out.samples.append(item)
+        if not out.samples and not out.errors:
+            out.error(ManifestError("empty_manifest", "the manifest has no samples"))
+    if thumbnails_dir is not None:
+        index = {s.id: out.thumbnails[s.image] for s in out.samples if s.image in out.thumbnails}
+        (thumbnails_dir / "index.json").write_text(json.dumps(index))
+    task_counts = dict(Counter(s.task for s in out.samples))
+    error_count = sum(out.error_counts.values())
+    report = {
+        "lines": out.lines,
+        "valid_samples": len(out.samples),
+        "error_count": error_count,
+        "error_counts": dict(out.error_counts),
+        "errors": out.errors,
+        "errors_truncated": error_count > len(out.errors),
+    }
+    stats: dict[str, Any] = {"tasks": _task_stats(out.samples), "images": _image_stats(out.images)}
+    if thumbnails_dir is not None:
+        stats["thumbnails"] = len(out.thumbnails)
+    return ValidationResult(
+        valid=error_count == 0,
+        num_samples=len(out.samples),
+        task_counts=task_counts,
+        stats=stats,
+        report=report,
+    )
+
+
+def _summary(report: dict[str, Any]) -> str:
+    first = report["errors"][0]
+    where = f"line {first['line']}: " if first.get("line") else ""
+    return f"{report['error_count']} problem(s); first: {where}{first['message']}"
+
+
+def thumbnails_dir_for(settings: Settings, dataset_id: str) -> Path:
+    return settings.home_dir / "thumbnails" / dataset_id
+
+
+def run_dataset_validation(
+    session_factory: sessionmaker[Session], settings: Settings, dataset_id: str, *, owner: str
+) -> str | None:
+    """Validate dataset `dataset_id` under a lease; returns the final status, or None when another
+    worker holds (or already finished) the job, so a duplicate message does nothing."""
+    lease = Lease(session_factory, Dataset, dataset_id, owner, timedelta(seconds=settings.lease_seconds))
+    if not lease.claim([DatasetStatus.validating]):
+        log.info("dataset %s: not claimable (done, or leased by another worker)", dataset_id)
+        return None
+    with session_factory() as session:
+        dataset = session.get(Dataset, dataset_id)
+        assert dataset is not None  # the claim just matched it
+        root, manifest = Path(dataset.root_path), Path(dataset.root_path) / dataset.manifest_name
+    final_thumbs = thumbnails_dir_for(settings, dataset_id)
+    staging = final_thumbs.with_name(f".{dataset_id}.{owner.replace(':', '_')}")
+    shutil.rmtree(staging, ignore_errors=True)
+    limits = ImageLimits(max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+    try:
+        with lease.keep_alive() as lost:
+            result = validate_dataset_files(
+                root,
+                manifest,
+                limits,
+                thumbnails_dir=staging,
+                thumbnail_size=settings.thumbnail_size,
+                should_stop=lost.is_set,
+            )
+        shutil.rmtree(final_thumbs, ignore_errors=True)
+        staging.rename(final_thumbs)
+    except LeaseLost:
+        shutil.rmtree(staging, ignore_errors=True)
+        log.warning("dataset %s: lease lost, leaving it to the new owner", dataset_id)
+        return None
+    except Exception as exc:
+        # Not bad data (that goes to the report) but a broken job: record it, never leave it hanging.
+        shutil.rmtree(staging, ignore_errors=True)
+        log.exception("dataset %s: validation crashed", dataset_id)
+        lease.finish(
+            status=DatasetStatus.failed,
+            error_code="validation_crashed",
+            error_message=f"{type(exc).__name__}: {exc}",
+            validated_at=utcnow(),
+        )
+        return DatasetStatus.failed
+    status = DatasetStatus.ready if result.valid else DatasetStatus.invalid
+    written = lease.finish(
+        status=status,
+        num_samples=result.num_samples,
+        task_counts=result.task_counts,
+        stats=result.stats,
+        report=result.report,
+        validated_at=utcnow(),
+        error_code=None if result.valid else "invalid_dataset",
+        error_message=None if result.valid else _summary(result.report),
+    )
+    if not written:
+        log.warning("dataset %s: lease expired before the result was written", dataset_id)
+        return None
+    log.info("dataset %s: %s (%d samples)", dataset_id, status, result.num_samples)
+    return status
+
+
+def stale_validations(session: Session, *, older_than: timedelta) -> list[str]:
+    """Datasets still `validating` with no live lease: their message was lost or their worker died."""
+    now = utcnow()
+    stmt = select(Dataset.id).where(
+        Dataset.status == DatasetStatus.validating,
+        Dataset.created_at < now - older_than,
+        or_(Dataset.lease_owner.is_(None), Dataset.lease_expires_at < now),
+    )
+    return list(session.scalars(stmt))
