@@ -45,7 +45,9 @@ class IIGConfig(_Section):
 class AttackConfig(_Section):
     """Projected gradient descent on the clean image (DESIGN 2.2)."""
 
-    eps: float = Field(8 / 255, gt=0, le=1, description="L-inf budget in [0,1] pixel space (8/255 is invisible).")
+    eps: float = Field(
+        8 / 255, gt=0, le=1, description="L-inf budget in [0,1] pixel space (8/255 is invisible)."
+    )
     step_size: float = Field(2 / 255, gt=0, le=1, description="Size of each sign-gradient step.")
     steps: int = Field(10, ge=1, le=1000, description="PGD iterations.")
     random_start: bool = Field(False, description="Start from a uniform point in the eps-ball.")
@@ -86,33 +88,63 @@ class TrainConfig(_Section):
     """Hybrid offline/online GRPO (DESIGN 2.4-2.5)."""
 
     offline_fraction: float = Field(
-        0.5, ge=0, le=1, description="Share of groups per batch built from mined pairs; 0 = plain online GRPO."
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of groups per batch built from mined pairs; 0 = plain online GRPO.",
     )
     offline_ratio: Literal["on_policy", "luffy"] = Field(
         "on_policy",
         description="Importance ratio for off-policy offline answers: 'on_policy' treats them as sampled "
         "by the current policy (ratio starts at 1); 'luffy' shapes it as p/(p+0.1) without clipping.",
     )
-    num_generations: int = Field(4, ge=2, description="Group size G (offline groups: chosen, rejected, G-2 samples).")
+    num_generations: int = Field(
+        4, ge=2, description="Group size G (offline groups: chosen, rejected, G-2 samples)."
+    )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of online answers.")
     max_completion_length: int = Field(16, ge=1, description="Token budget of a sampled answer.")
     beta: float = Field(0.04, ge=0, description="KL coefficient to the frozen reference model.")
     epsilon: float = Field(0.2, gt=0, description="PPO clip range of the ratio.")
     loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field("dapo", description="TRL's loss normalisation.")
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
-    lr_scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="Learning-rate schedule.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule."
+    )
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     max_steps: int = Field(100, ge=1, description="Optimiser steps.")
     prompts_per_step: int = Field(4, ge=1, description="Groups (prompts) per optimiser step.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
     save_steps: int = Field(25, ge=1, description="Checkpoint every N steps (and at the end).")
+    keep_checkpoints: int | None = Field(
+        None,
+        ge=1,
+        description="Keep only the newest N checkpoints (None keeps all; each holds a full model).",
+    )
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in the backward pass to save GPU memory; always off on CPU."
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    freeze_vision: bool = Field(True, description="Keep the vision tower frozen (the usual and cheaper choice).")
+    freeze_vision: bool = Field(
+        True, description="Keep the vision tower frozen (the usual and cheaper choice)."
+    )
 
     @model_validator(mode="after")
     def _offline_groups_need_room(self) -> TrainConfig:
-        if self.offline_fraction > 0 and self.num_generations < 2:
-            raise ValueError("train.num_generations must be >= 2 when offline_fraction > 0")
+        if self.offline_fraction == 1 and self.num_generations == 2:
+            raise ValueError(
+                "train.offline_fraction=1 with num_generations=2 leaves nothing to sample "
+                "(an offline group is chosen, rejected and G-2 samples)"
+            )
+        if (self.prompts_per_step * self.num_generations) % self.gradient_accumulation_steps:
+            raise ValueError(
+                "train.prompts_per_step * num_generations answers must split into gradient_accumulation_steps"
+            )
+        if self.lora.enabled and not self.freeze_vision:
+            raise ValueError(
+                "train.freeze_vision=false needs full fine-tuning (lora.enabled=false): "
+                "LoRA never adapts the "
+                "vision tower"
+            )
         if self.warmup_steps >= self.max_steps and self.warmup_steps > 0:
             raise ValueError("train.warmup_steps must be smaller than train.max_steps")
         return self

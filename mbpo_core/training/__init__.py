@@ -1,0 +1,10 @@
+"""Hybrid offline/online GRPO training (DESIGN 2.4-2.5) on top of TRL's GRPOTrainer.
+
+advantages.py / losses.py  the math, pure tensor functions
+data.py                    online manifest + mined pairs -> the mixed prompt dataset and sampler
+arguments.py               MBPOConfig.train -> TRL GRPOConfig / peft LoraConfig
+trainer.py                 HybridGRPOTrainer (GRPOTrainer subclass)
+checkpoint.py              atomic checkpoints that load like base models
+progress.py                progress events and cooperative cancellation
+session.py                 train_policy(): directories in, aligned model out
+"""

@@ -1,0 +1,81 @@
+"""The one place where `MBPOConfig.train` becomes TRL's `GRPOConfig` and peft's `LoraConfig`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trl import GRPOConfig
+
+from mbpo_core.config import LoraConfig, TrainConfig
+
+# Submodules of the supported families that belong to the vision side (Qwen `visual`, LLaVA
+# `vision_tower`/`multi_modal_projector`): never adapted by LoRA, frozen unless asked otherwise.
+VISION_MODULE_PATTERN = r".*(visual|vision_tower|multi_modal_projector).*"
+
+
+def grpo_config(
+    train: TrainConfig,
+    *,
+    output_dir: str | Path,
+    seed: int,
+    use_cpu: bool,
+    bf16: bool,
+    num_processes: int = 1,
+) -> GRPOConfig:
+    """TRL arguments for a run. One generation batch per optimiser step (steps_per_generation = GA),
+    so a step's groups are sampled by the policy being updated; checkpoints every `save_steps`."""
+    rows_per_step = train.prompts_per_step * train.num_generations
+    if train.prompts_per_step % num_processes or rows_per_step % (
+        num_processes * train.gradient_accumulation_steps
+    ):
+        raise ValueError(
+            f"train.prompts_per_step={train.prompts_per_step} does not split over {num_processes} processes "
+            f"x {train.gradient_accumulation_steps} accumulation steps"
+        )
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        seed=seed,
+        data_seed=seed,
+        use_cpu=use_cpu,
+        bf16=bf16 and not use_cpu,
+        gradient_checkpointing=train.gradient_checkpointing and not use_cpu,
+        max_steps=train.max_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_steps,
+        per_device_train_batch_size=rows_per_step // (num_processes * train.gradient_accumulation_steps),
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        steps_per_generation=train.gradient_accumulation_steps,
+        num_generations=train.num_generations,
+        temperature=train.temperature,
+        max_completion_length=train.max_completion_length,
+        beta=train.beta,
+        epsilon=train.epsilon,
+        loss_type=train.loss_type,
+        scale_rewards="group",
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        logging_steps=1,
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,  # the reward functions read task/answer/choices
+        dataloader_num_workers=0,
+        log_completions=False,
+    )
+
+
+def peft_config(lora: LoraConfig) -> Any:
+    """peft LoRA on the language model's linear layers; None for full fine-tuning."""
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        exclude_modules=VISION_MODULE_PATTERN,
+        task_type="CAUSAL_LM",
+    )
