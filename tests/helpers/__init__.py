@@ -1,0 +1,1 @@
+"""Shared test helpers: real services (PostgreSQL, Redis, subprocesses) and dataset builders."""
