@@ -1,0 +1,115 @@
+"""Embedded mode end to end: `mbpo serve` with only a temporary MBPO_HOME (no DATABASE_URL, no
+BROKER_URL) serves the API, runs its own worker on a SQLite broker, and validates uploads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import datasets as ds
+from tests.helpers import services
+
+
+@dataclass
+class Served:
+    url: str
+    home: Path
+    roots: Path
+    log: Path
+    env: dict[str, str]
+
+    def key(self) -> str:
+        return (self.home / "admin_key").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    base = tmp_path_factory.mktemp("embedded")
+    (base / "roots").mkdir()
+    env = services.service_env(MBPO_HOME=str(base / "home"), MBPO_DATA_ROOTS=str(base / "roots"))
+    port = services.free_port()
+    log = base / "serve.log"
+    proc = services.start_mbpo(["serve", "--port", str(port)], env, log)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        services.wait_for(up, timeout=90, interval=0.5, what="mbpo serve")
+        services.wait_for(
+            lambda: "ready." in log.read_text(errors="replace"), timeout=60, what="local worker"
+        )
+        yield Served(url=url, home=base / "home", roots=base / "roots", log=log, env=env)
+    finally:
+        services.stop_process_group(proc)
+
+
+def _wait_validated(served: Served, headers: dict[str, str], dataset_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body = httpx.get(f"{served.url}/v1/datasets/{dataset_id}", headers=headers, timeout=5).json()
+        return body if body["status"] != "validating" else None
+
+    return services.wait_for(done, timeout=60, interval=0.5, what="embedded validation")
+
+
+def test_serve_prints_and_keeps_a_dev_admin_key(served: Served) -> None:
+    key = served.key()
+    assert key.startswith("mbpo_")
+    assert key in served.log.read_text()
+    assert (served.home / "admin_key").stat().st_mode & 0o077 == 0
+
+
+def test_embedded_upload_becomes_ready_without_servers(served: Served, tmp_path: Path) -> None:
+    headers = {"Authorization": f"Bearer {served.key()}"}
+    ready = httpx.get(f"{served.url}/readyz", timeout=10).json()
+    assert ready["embedded"] is True and ready["checks"] == {"database": "ok", "broker": "ok"}
+    root = ds.make_dataset_dir(tmp_path / "src")
+    resp = httpx.post(
+        f"{served.url}/v1/datasets",
+        data={"name": "embedded"},
+        files={
+            "manifest": ("manifest.jsonl", (root / "manifest.jsonl").read_bytes()),
+            "images": ("images.zip", ds.zip_dir_images(root)),
+        },
+        headers=headers,
+        timeout=30,
+    )
+    assert resp.status_code == 201, resp.text
+    body = _wait_validated(served, headers, resp.json()["id"])
+    assert body["status"] == "ready" and body["num_samples"] == 5
+    assert (served.home / "mbpo.db").is_file() and (served.home / "broker.db").is_file()
+    assert (served.home / "datasets" / body["id"] / "images" / "0.png").is_file()
+
+    on_disk = ds.make_dataset_dir(served.roots / "shapes")
+    resp = httpx.post(
+        f"{served.url}/v1/datasets", json={"name": "path", "path": str(on_disk)}, headers=headers, timeout=30
+    )
+    assert _wait_validated(served, headers, resp.json()["id"])["status"] == "ready"
+
+
+def test_keys_create_makes_a_working_non_admin_key(served: Served) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "mbpo_cli.main", "keys", "create", "--name", "carol"],
+        env=served.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    key = out.stdout.strip().splitlines()[-1]
+    assert key.startswith("mbpo_")
+    resp = httpx.get(f"{served.url}/v1/datasets", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+    assert resp.status_code == 200
+    assert resp.json()["data"] == []  # carol sees none of the admin's datasets

@@ -1,0 +1,32 @@
+"""The Celery contract: JSON only, late acks, one routing table covering every task."""
+
+from __future__ import annotations
+
+from api.jobs import TASK_ROUTES, Queue, TaskName, celery_config
+from api.settings import Settings
+from worker.celery_app import create_worker_app
+
+
+def test_config_is_json_only_late_ack_prefetch_one() -> None:
+    conf = celery_config(Settings(home="/tmp/x", database_url=None, broker_url="redis://h:6379/0"))
+    assert conf["task_serializer"] == "json" and conf["accept_content"] == ["json"]
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert {q.name for q in conf["task_queues"]} == {"cpu", "gpu", "inference"}
+
+
+def test_every_registered_task_is_routed_and_every_route_is_registered() -> None:
+    app = create_worker_app(Settings(home="/tmp/x", broker_url="redis://h:6379/0"))
+    app.loader.import_default_modules()
+    ours = {name for name in app.tasks if name.startswith("mbpo.")}
+    assert ours == {t.value for t in TaskName} == set(TASK_ROUTES)
+    for name, queue in TASK_ROUTES.items():
+        assert app.amqp.router.route({}, name)["queue"].name == queue.value
+        assert queue in Queue
+
+
+def test_embedded_broker_lives_in_home() -> None:
+    settings = Settings(home="/tmp/mbpo-home", database_url=None, broker_url=None)
+    assert settings.embedded
+    assert celery_config(settings)["broker_url"] == "sqla+sqlite:////tmp/mbpo-home/broker.db"
+    assert settings.sqlalchemy_url == "sqlite:////tmp/mbpo-home/mbpo.db"
