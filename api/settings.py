@@ -23,7 +23,7 @@ MiB = 1024 * 1024
 class Settings(BaseSettings):
     """Service settings. Each field's environment variable is given in `env_names()`."""
 
-    model_config = SettingsConfigDict(env_prefix="MBPO_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="MBPO_", extra="ignore", frozen=True, populate_by_name=True)
 
     env: Literal["development", "test", "production"] = Field(
         "development", description="Deployment kind; production refuses the embedded database and broker."
