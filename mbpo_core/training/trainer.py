@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
+from accelerate.utils import is_peft_model
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
@@ -308,6 +309,17 @@ class HybridGRPOTrainer(GRPOTrainer):
                 keep=self.args.save_total_limit,
             )
         self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Full fine-tuning: read the weights back through `from_pretrained`. transformers saves a VLM
+        in its checkpoint key layout (Qwen2-VL: `model.layers.*`, `visual.*`), which Trainer's plain
+        `load_state_dict` would silently miss; `from_pretrained` maps the keys."""
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if is_peft_model(unwrapped) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        saved = type(unwrapped).from_pretrained(resume_from_checkpoint, dtype=unwrapped.dtype)
+        unwrapped.load_state_dict(saved.state_dict())
 
     def _write_loadable_model(self, target: Path) -> None:
         model = self.accelerator.unwrap_model(self.model)
