@@ -105,14 +105,31 @@ class ModelSize:
     tie_word_embeddings: bool = True
     window_size: int = 112  # Qwen2.5-VL windowed vision attention, in pixels
     fullatt_block_indexes: tuple[int, ...] | None = None  # Qwen2.5-VL; None = last block only
+    # Embedding rows; None = the tokenizer's size. Benchmarks set the real 151936 so a 3B-sized model
+    # carries a 3B model's embedding memory even with a word-level tokenizer.
+    vocab_size: int | None = None
 
 
-# "tiny" = fast unit tests; "small" ~ the testbed scale; "100m" ~ the benchmark scale (97 M for Qwen).
+# "tiny" = fast unit tests; "small" ~ the testbed scale; "100m" (97 M for Qwen) and "3b" = benchmarks.
 SIZES: dict[str, ModelSize] = {
     "tiny": ModelSize(),
     "small": ModelSize(hidden=64, ffn=128, v_dim=64, v_depth=2, v_heads=4),
     "100m": ModelSize(
         hidden=768, layers=12, heads=12, kv_heads=4, ffn=2048, v_dim=384, v_depth=12, v_heads=6
+    ),
+    # Qwen2.5-VL-3B's shapes (its vision MLP is 3420 wide, ours 2 * v_dim = 2560: ~0.1 B fewer).
+    "3b": ModelSize(
+        hidden=2048,
+        layers=36,
+        heads=16,
+        kv_heads=2,
+        ffn=11008,
+        v_dim=1280,
+        v_depth=32,
+        v_heads=16,
+        max_positions=128000,
+        fullatt_block_indexes=(7, 15, 23, 31),
+        vocab_size=151936,
     ),
 }
 
@@ -206,7 +223,7 @@ def _qwen_config(family: str, tokenizer: Any, s: ModelSize) -> Any:
     half = head_dim // 2
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
     text = {
-        "vocab_size": len(tokenizer),
+        "vocab_size": s.vocab_size or len(tokenizer),
         "hidden_size": s.hidden,
         "intermediate_size": s.ffn,
         "num_hidden_layers": s.layers,
@@ -264,7 +281,7 @@ def _llava_config(processor: Any, s: ModelSize) -> Any:
     }
     text = {
         "model_type": "llama",
-        "vocab_size": len(tokenizer),
+        "vocab_size": s.vocab_size or len(tokenizer),
         "hidden_size": s.hidden,
         "intermediate_size": s.ffn,
         "num_hidden_layers": s.layers,
@@ -293,11 +310,14 @@ def build_model(
     size: str | ModelSize | Mapping[str, Any] = "tiny",
     *,
     seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
     """A randomly initialised real Hugging Face model matching `processor`'s vocabulary and special tokens.
 
     `size`: a preset name ("tiny", "small", "100m"), a `ModelSize`, or a dict of `ModelSize` fields
-    overriding "tiny". Same seed + same arguments = the same weights.
+    overriding "tiny". Same seed + same arguments = the same weights. The weights are created
+    directly on `device` in `dtype` (a 3B model initialises in seconds on a GPU, minutes on a CPU).
     """
     _check_family(family)
     if isinstance(size, str):
@@ -308,14 +328,22 @@ def build_model(
         shape = size
     else:
         shape = replace(SIZES["tiny"], **size)
-    torch.manual_seed(seed)
-    model: PreTrainedModel
+    model_class: type[PreTrainedModel]
     if family == "llava":
-        model = LlavaForConditionalGeneration(_llava_config(processor, shape))
-    elif family == "qwen2_vl":
-        model = Qwen2VLForConditionalGeneration(_qwen_config(family, processor.tokenizer, shape))
+        config, model_class = _llava_config(processor, shape), LlavaForConditionalGeneration
     else:
-        model = Qwen2_5_VLForConditionalGeneration(_qwen_config(family, processor.tokenizer, shape))
+        config = _qwen_config(family, processor.tokenizer, shape)
+        model_class = (
+            Qwen2VLForConditionalGeneration if family == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+        )
+    torch.manual_seed(seed)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = model_class(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     return model.eval()
