@@ -1,0 +1,222 @@
+"""Build the whole testbed: datasets on disk, the biased base model, and the check of its properties.
+
+    DIR/datasets/<split>/manifest.jsonl (+ images/)   every split of `splits.SPLITS`
+    DIR/base_model/                                  a plain Hugging Face Qwen2-VL + its processor
+    DIR/build_report.json                            sizes, training, metrics, properties, timings
+
+The build checks what the testbed exists to provide and raises `TestbedPropertyError` (after
+writing the report) when it does not hold: the model sees (pope_random accuracy) and hallucinates
+from the prior (false-"yes" rate on pope_adversarial well above pope_random).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from mbpo_core.evaluation import SplitEvaluation, evaluate_manifest
+from mbpo_core.manifest import read_manifest
+from mbpo_core.models import load_adapter
+from mbpo_core.models.build import build_processor
+from mbpo_core.testbed.questions import vocabulary
+from mbpo_core.testbed.splits import POPE_SPLITS, SPLITS, SplitSizes, build_splits
+from mbpo_core.testbed.train_base import BaseTrainConfig, train_base_model
+from mbpo_core.testbed.world import WorldSpec
+from mbpo_core.testbed.writer import MANIFEST_NAME, write_split
+
+EVAL_SPLITS = (*POPE_SPLITS, "vqa")
+
+
+class TestbedPropertyError(RuntimeError):
+    """The base model lacks a promised property: it does not see, or does not hallucinate."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+class BuildProgress(Protocol):
+    """Where the build reports progress (the CLI draws bars; tests pass `SilentProgress`)."""
+
+    def start(self, stage: str, total: int) -> None: ...
+
+    def advance(self, n: int = 1, info: str = "") -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+
+class SilentProgress:
+    def start(self, stage: str, total: int) -> None:
+        del stage, total
+
+    def advance(self, n: int = 1, info: str = "") -> None:
+        del n, info
+
+    def log(self, message: str) -> None:
+        del message
+
+
+@dataclass(frozen=True)
+class PropertyThresholds:
+    min_random_accuracy: float | None = 0.75  # the model sees
+    min_false_yes_gap: float | None = 0.15  # false-yes(adversarial) - false-yes(random): it hallucinates
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    seed: int = 0
+    world: WorldSpec = field(default_factory=WorldSpec)
+    sizes: SplitSizes = field(default_factory=SplitSizes)
+    train: BaseTrainConfig = field(default_factory=BaseTrainConfig)
+    thresholds: PropertyThresholds = field(default_factory=PropertyThresholds)
+    eval_batch_size: int = 64
+
+    @classmethod
+    def full(cls, seed: int = 0) -> BuildSpec:
+        return cls(seed=seed, train=BaseTrainConfig(seed=seed))
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> BuildSpec:
+        """For tests: small splits and a short run; only "beats chance on pope_random" is promised."""
+        return cls(
+            seed=seed,
+            sizes=SplitSizes.quick(),
+            train=BaseTrainConfig(
+                seed=seed, steps=400, warmup_steps=30, stuck_check_step=250, stuck_loss=0.6
+            ),
+            thresholds=PropertyThresholds(min_random_accuracy=0.6, min_false_yes_gap=None),
+        )
+
+
+def check_properties(metrics: dict[str, dict[str, float]], thresholds: PropertyThresholds) -> list[str]:
+    """Human-readable failures (empty when every property holds)."""
+    failures = []
+    accuracy = metrics["pope_random"]["accuracy"]
+    if thresholds.min_random_accuracy is not None and accuracy < thresholds.min_random_accuracy:
+        failures.append(
+            f"the model does not see well enough: pope_random accuracy {accuracy:.3f} < "
+            f"{thresholds.min_random_accuracy}"
+        )
+    gap = false_yes_gap(metrics)
+    if thresholds.min_false_yes_gap is not None and gap < thresholds.min_false_yes_gap:
+        failures.append(
+            f"the model does not hallucinate the co-occurring partner: false-yes gap adversarial - random "
+            f"{gap:+.3f} < {thresholds.min_false_yes_gap}"
+        )
+    return failures
+
+
+def false_yes_gap(metrics: dict[str, dict[str, float]]) -> float:
+    return metrics["pope_adversarial"]["false_yes_rate"] - metrics["pope_random"]["false_yes_rate"]
+
+
+def anchor_recall(evaluation: SplitEvaluation, manifest: Path, world: WorldSpec) -> dict[str, float]:
+    """Recall on POPE positives split by whether the asked object is an anchor (its partner is absent
+    in every probe image, so the prior pulls an anchor question toward "no")."""
+    anchors = {a.name for a in world.anchors}
+    asked = {s.id: s.meta.get("object") for s in read_manifest(manifest)}
+    out = {}
+    for name, keep in (("anchor_recall", True), ("other_recall", False)):
+        positives = [r for r in evaluation.results if r.answer == "yes" and (asked[r.id] in anchors) == keep]
+        out[name] = sum(r.correct for r in positives) / len(positives) if positives else 0.0
+    return out
+
+
+def _write_datasets(out: Path, spec: BuildSpec, progress: BuildProgress) -> dict[str, Path]:
+    splits = build_splits(spec.seed, spec.world, spec.sizes)
+    manifests = {}
+    for name in SPLITS:
+        samples = splits[name]
+        progress.start(f"images {name}", len({s.image_id for s in samples}))
+        manifests[name] = write_split(out / "datasets" / name, samples, on_image=progress.advance)
+    return manifests
+
+
+def _train_and_save(out: Path, manifest: Path, spec: BuildSpec, progress: BuildProgress) -> dict[str, Any]:
+    processor = build_processor("qwen2_vl", vocabulary(), image_size=spec.world.image_size)
+    progress.start("train base model", spec.train.steps)
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        progress.advance(1, f"loss {metrics['loss']:.3f} yes/no {metrics['yes_no_loss']:.3f}")
+
+    def on_restart(reason: str) -> None:
+        progress.log(f"stuck run, restarting: {reason}")
+        progress.start("train base model (restart)", spec.train.steps)
+
+    model, report = train_base_model(manifest, processor, spec.train, on_step=on_step, on_restart=on_restart)
+    target = out / "base_model"
+    tmp = out / "base_model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    tmp.replace(target)
+    return asdict(report)
+
+
+def _evaluate(
+    model_dir: Path, manifests: dict[str, Path], spec: BuildSpec, progress: BuildProgress
+) -> tuple[dict[str, dict[str, float]], dict[str, SplitEvaluation], float]:
+    """Metrics per evaluation split, the raw evaluations, and evaluation throughput (samples/s)."""
+    adapter = load_adapter(model_dir)
+    metrics, evaluations = {}, {}
+    n_total, start = 0, time.perf_counter()
+    for name in EVAL_SPLITS:
+        n = len(read_manifest(manifests[name]))
+        progress.start(f"evaluate {name}", n)
+        evaluation = evaluate_manifest(
+            adapter, manifests[name], batch_size=spec.eval_batch_size, on_batch=progress.advance
+        )
+        metrics[name], evaluations[name] = evaluation.metrics, evaluation
+        n_total += n
+    return metrics, evaluations, n_total / (time.perf_counter() - start)
+
+
+def build_testbed(out: str | Path, spec: BuildSpec, progress: BuildProgress | None = None) -> dict[str, Any]:
+    """Build everything under `out` (must be empty or absent); returns the report written beside it.
+
+    Raises TestbedPropertyError when the base model misses a property (the report is written first)."""
+    root = Path(out)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} is not empty; build into a new directory")
+    progress = progress or SilentProgress()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.train.num_threads)
+    timings: dict[str, float] = {}
+    try:
+        start = time.perf_counter()
+        manifests = _write_datasets(root, spec, progress)
+        timings["datasets_s"] = time.perf_counter() - start
+        train_report = _train_and_save(root, manifests["sft"], spec, progress)
+        timings["train_s"] = time.perf_counter() - start - timings["datasets_s"]
+        metrics, evaluations, samples_per_s = _evaluate(root / "base_model", manifests, spec, progress)
+        timings["eval_s"] = time.perf_counter() - start - timings["datasets_s"] - timings["train_s"]
+        timings["total_s"] = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous_threads)
+    recall = anchor_recall(evaluations["pope_random"], manifests["pope_random"], spec.world)
+    failures = check_properties(metrics, spec.thresholds)
+    report = {
+        "seed": spec.seed,
+        "sizes": asdict(spec.sizes),
+        "splits": {name: len(read_manifest(path)) for name, path in manifests.items()},
+        "train": train_report,
+        "metrics": metrics,
+        "false_yes_gap": false_yes_gap(metrics),
+        "positive_recall": recall,
+        "eval_samples_per_s": samples_per_s,
+        "timings": timings,
+        "thresholds": asdict(spec.thresholds),
+        "failures": failures,
+    }
+    (root / "build_report.json").write_text(json.dumps(report, indent=2))
+    if failures:
+        raise TestbedPropertyError("; ".join(failures))
+    return report
+
+
+def manifest_path(out: str | Path, split: str) -> Path:
+    return Path(out) / "datasets" / split / MANIFEST_NAME
