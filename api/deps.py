@@ -19,7 +19,8 @@ from api.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def get_app_settings(request: Request) -> Settings:
+# Trivial dependencies are async: a sync one costs a threadpool round trip on every request.
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -27,12 +28,12 @@ def get_app_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
     factory: sessionmaker[Session] = request.app.state.session_factory
     return factory
 
 
-def get_job_queue() -> JobQueue:
+async def get_job_queue() -> JobQueue:
     return JobQueue()
 
 
@@ -72,12 +73,16 @@ _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bea
 
 
 def get_principal(
-    session: SessionDep,
+    factory: Annotated[sessionmaker[Session], Depends(get_session_factory)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """Authenticate in a short transaction of its own (its only write is the coarse last-used
+    time), so the request's session holds no connection until the route needs the database:
+    a slow upload streams without keeping a connection idle in a transaction."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized()
-    principal = authenticate(session, credentials.credentials)
+    with factory.begin() as session:
+        principal = authenticate(session, credentials.credentials)
     if principal is None:
         raise Unauthorized()
     return principal

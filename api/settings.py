@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     thumbnail_size: int = Field(
         128, ge=16, le=1024, description="Longest side of dataset thumbnails, pixels."
     )
+    db_pool_size: int = Field(20, ge=1, description="Database connections kept per process.")
+    db_max_overflow: int = Field(
+        10,
+        ge=0,
+        description="Extra connections per process under load; pool + overflow also caps requests in flight.",
+    )
     lease_seconds: int = Field(60, ge=5, description="Job lease length; a worker renews it by heartbeat.")
     log_level: str = Field("INFO", description="Log level of API and worker.")
 

@@ -128,8 +128,12 @@ def parse_line(text: str | bytes, line: int) -> ManifestSample:
         raise ManifestError("line_too_long", f"line longer than {MAX_LINE_BYTES} bytes", line=line)
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError("invalid_json", f"not valid JSON: {exc}", line=line) from exc
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            "invalid_json", f"not valid JSON: {exc.msg} at column {exc.colno}", line=line
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError("invalid_json", f"not UTF-8 text: {exc.reason}", line=line) from exc
     if not isinstance(obj, dict):
         raise ManifestError("invalid_json", "a line must be a JSON object", line=line)
     sample_id = _require_str(obj, "id", line)
