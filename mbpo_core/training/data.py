@@ -148,15 +148,17 @@ def source_counts(dataset: Dataset) -> tuple[int, int]:
 
 
 def offline_groups_per_step(
-    offline_fraction: float, groups_per_step: int, n_online: int, n_offline: int
+    offline_fraction: float, groups_per_step: int, n_online: int, n_offline: int, processes: int = 1
 ) -> int:
-    """How many of a step's groups are offline: the fraction rounded, and all of one source if the
-    other is empty (a run with no mined pairs is plain online GRPO)."""
+    """How many of a step's groups are offline: the fraction rounded to a multiple of `processes`
+    (every process must sample the same number of answers: TRL gathers them as equal-sized tensors),
+    and all of one source if the other is empty (a run with no mined pairs is plain online GRPO)."""
     if n_offline == 0:
         return 0
     if n_online == 0:
         return groups_per_step
-    return round(offline_fraction * groups_per_step)
+    per_process = groups_per_step // processes
+    return round(offline_fraction * per_process) * processes
 
 
 class MixedGroupSampler(Sampler[int]):

@@ -85,13 +85,15 @@ def build_trainer(
     prompts = load_prompts(online, pairs)
     if not prompts.online and not prompts.offline:
         raise ValueError("no training prompts: give an online manifest, mined pairs, or both")
+    # cpu=True must be said up front: without CUDA, a plain PartialState() stays single-process.
+    processes = PartialState(cpu=device == "cpu").num_processes
     args = grpo_config(
         train,
         output_dir=Path(out_dir) / CHECKPOINTS_SUBDIR,
         seed=config.seed,
         use_cpu=device == "cpu",
         bf16=dtype == torch.bfloat16,
-        num_processes=PartialState().num_processes,
+        num_processes=processes,
     )
     trainer = HybridGRPOTrainer(
         model=model,
@@ -99,7 +101,11 @@ def build_trainer(
         train_dataset=build_prompt_dataset(prompts.online, prompts.offline),
         processing_class=processor,
         offline_groups_per_step=offline_groups_per_step(
-            train.offline_fraction, train.prompts_per_step, len(prompts.online), len(prompts.offline)
+            train.offline_fraction,
+            train.prompts_per_step,
+            len(prompts.online),
+            len(prompts.offline),
+            processes,
         ),
         offline_ratio=train.offline_ratio,
         peft_config=peft_config(train.lora),

@@ -113,6 +113,10 @@ class HybridGRPOTrainer(GRPOTrainer):
         processes = self.accelerator.num_processes
         if groups_per_step % processes:
             raise ValueError(f"{groups_per_step} groups per step do not split over {processes} processes")
+        if self.offline_groups_per_step % processes:
+            raise ValueError(
+                "offline groups per step must split evenly over the processes (equal sample counts)"
+            )
         if self.offline_groups_per_step and not self.source_counts[1]:
             raise ValueError("offline groups requested but there are no mined pairs")
         if (

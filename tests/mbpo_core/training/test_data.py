@@ -63,6 +63,8 @@ def test_offline_share_rounds_and_falls_back_to_the_available_source():
     assert offline_groups_per_step(0.5, 4, 10, 10) == 2
     assert offline_groups_per_step(0.5, 4, 10, 0) == 0
     assert offline_groups_per_step(0.5, 4, 0, 10) == 4
+    assert offline_groups_per_step(0.5, 2, 10, 10, processes=2) == 0  # one offline group cannot split
+    assert offline_groups_per_step(0.5, 4, 10, 10, processes=2) == 2
 
 
 def test_dataset_columns_and_source_counts(tiny_data):
