@@ -31,6 +31,8 @@ chromium:
 # Hook for demo preparation (a later issue builds the testbed and registers it here).
 demo: install
 
+# Server directories clients may register datasets and models from (override to add your own).
+run: export MBPO_DATA_ROOTS ?= $(CURDIR)/examples
 run: install demo
 	$(BIN)/mbpo serve $(SERVE_ARGS)
 

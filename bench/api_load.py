@@ -34,7 +34,7 @@ import psycopg
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from api.auth.service import create_api_key  # noqa: E402
+from api.auth.service import authenticate, create_api_key  # noqa: E402
 from api.db.base import utcnow  # noqa: E402
 from api.db.migrate import upgrade_to_head  # noqa: E402
 from api.db.models import Dataset, DatasetStatus  # noqa: E402
@@ -65,8 +65,6 @@ def seed(url: str, datasets: int) -> tuple[str, str]:
         _, other = create_api_key(session, user_name="other", key_name="other", admin=False)
     with factory() as session:
         users = {}
-        from api.auth.service import authenticate
-
         users["bench"] = authenticate(session, key)
         users["other"] = authenticate(session, other)
         session.rollback()

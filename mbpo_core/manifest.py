@@ -127,7 +127,7 @@ def parse_line(text: str | bytes, line: int) -> ManifestSample:
     if len(text) > MAX_LINE_BYTES:
         raise ManifestError("line_too_long", f"line longer than {MAX_LINE_BYTES} bytes", line=line)
     try:
-        obj = json.loads(text)
+        obj = json.loads(text.strip())
     except json.JSONDecodeError as exc:
         raise ManifestError(
             "invalid_json", f"not valid JSON: {exc.msg} at column {exc.colno}", line=line
