@@ -160,9 +160,8 @@ def main() -> None:
                 ManifestSample(id=s.id, image="", question=s.question, answer=p or "yes", task="open")
                 for s, p in zip(samples, predictions, strict=True)
             ]
-        t_mine = timed(
-            lambda: mine_batch(adapter, pixels, samples, config), max(1, args.repeats - 1), args.device
-        )
+        mined = {"mine": lambda: mine_batch(adapter, pixels, samples, config)}
+        t_mine, _ = timed(mined, max(1, args.repeats - 1), args.device)["mine"]
         result.update(mine_batch_s=round(t_mine, 4), mining_images_per_s=round(len(samples) / t_mine, 3))
     if args.device.startswith("cuda"):
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
