@@ -175,6 +175,9 @@ class Run(TimestampMixin, LeaseMixin, Base):
     latest_metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     scores: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # base vs aligned evaluation
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Last `seq` handed to a RunEvent: bumped in the event's own transaction, so the row lock orders
+    # concurrent writers and events commit in seq order (a reader never sees seq n+1 before n).
+    event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
