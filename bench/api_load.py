@@ -117,6 +117,23 @@ def parse_wrk(output: str) -> dict[str, float]:
     }
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User+system CPU of every process in the server's process group: a cost per request that,
+    unlike latency, does not depend on what else the (shared) machine is doing."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 (pgrp), counted after the command name
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 def run_wrk(url: str, key: str, clients: int, duration: int, threads: int) -> dict[str, float]:
     cmd = [
         "wrk",
@@ -210,22 +227,28 @@ def main() -> None:
         results = []
         for label, target in endpoints.items():
             for clients in (int(c) for c in args.clients.split(",")):
+                cpu_before = group_cpu_seconds(server.pid)
                 r = run_wrk(target, key, clients, args.duration, args.wrk_threads)
+                r["server_cpu_ms_per_req"] = (
+                    1000 * (group_cpu_seconds(server.pid) - cpu_before) / max(r["requests"], 1)
+                )
                 results.append({"endpoint": label, "clients": clients, **r})
                 print(
                     f"{label:28s} c={clients:<4d} p50={r['p50_ms']:7.1f} ms  p99={r['p99_ms']:7.1f} ms  "
-                    f"{r['rps']:8.1f} req/s  errors={r['errors']}",
+                    f"{r['rps']:8.1f} req/s  errors={r['errors']}  "
+                    f"server CPU {r['server_cpu_ms_per_req']:.2f} ms/req",
                     flush=True,
                 )
         print(
             f"\n{os.cpu_count()} CPUs, uvicorn workers={args.workers}, wrk threads={args.wrk_threads}, "
             f"{args.duration}s per scenario"
         )
-        print("| endpoint | clients | p50 ms | p99 ms | req/s | errors |\n|---|---|---|---|---|---|")
+        print("| endpoint | clients | p50 ms | p99 ms | req/s | errors | server CPU ms/req |")
+        print("|---|---|---|---|---|---|---|")
         for r in results:
             print(
                 f"| `{r['endpoint']}` | {r['clients']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                f"{r['rps']:.0f} | {r['errors']} |"
+                f"{r['rps']:.0f} | {r['errors']} | {r['server_cpu_ms_per_req']:.2f} |"
             )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))

@@ -51,4 +51,4 @@ def test_dockerfiles_install_cpu_torch_for_the_api_and_cuda_for_the_worker() -> 
     worker = (DOCKER / "Dockerfile.worker").read_text()
     assert "whl/cpu" in api and '"torch==2.13.0"' in api
     assert worker.startswith("#") and "FROM nvidia/cuda:" in worker
-    assert "mbpo\", \"worker\"" in worker
+    assert 'mbpo", "worker"' in worker

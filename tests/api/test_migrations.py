@@ -35,7 +35,16 @@ def test_migrations_run_on_sqlite_without_drift(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert set(Base.metadata.tables) <= tables
-    assert {"users", "api_keys", "base_models", "datasets", "runs", "run_events", "artefacts", "checkpoints"} <= tables
+    assert {
+        "users",
+        "api_keys",
+        "base_models",
+        "datasets",
+        "runs",
+        "run_events",
+        "artefacts",
+        "checkpoints",
+    } <= tables
 
 
 def test_run_tables_carry_what_the_run_lifecycle_needs() -> None:

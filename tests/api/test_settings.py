@@ -23,7 +23,9 @@ def test_defaults_are_embedded(clean_env: pytest.MonkeyPatch) -> None:
     settings = get_settings()
     assert settings.embedded
     assert settings.home == Path(".mbpo")
-    assert settings.sqlalchemy_url.startswith("sqlite:///") and settings.sqlalchemy_url.endswith("/.mbpo/mbpo.db")
+    assert settings.sqlalchemy_url.startswith("sqlite:///") and settings.sqlalchemy_url.endswith(
+        "/.mbpo/mbpo.db"
+    )
     assert settings.data_roots == []
     assert get_settings() is settings  # cached
 
