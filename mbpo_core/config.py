@@ -123,7 +123,7 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in the backward pass to save GPU memory; always off on CPU."
     )
-    lora: LoraConfig = Field(default_factory=LoraConfig)
+    lora: LoraConfig = Field(default_factory=lambda: LoraConfig.model_validate({}))
     freeze_vision: bool = Field(
         True, description="Keep the vision tower frozen (the usual and cheaper choice)."
     )

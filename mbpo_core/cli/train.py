@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
 
 def load_config(path: Path | None) -> MBPOConfig:
-    return MBPOConfig.from_yaml(path) if path else MBPOConfig()
+    return MBPOConfig.from_yaml(path) if path else MBPOConfig.model_validate({})
 
 
 class StopRequest:

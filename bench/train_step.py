@@ -1,0 +1,158 @@
+"""Seconds per optimiser step: hybrid GRPO vs plain TRL GRPOTrainer, same model, batch and G.
+
+    .venv/bin/python bench/train_step.py --size small --steps 8 --repeats 3 --out bench/train_step.json
+
+Three trainers on the same randomly initialised model (a random model never emits end-of-sequence, so
+every answer has exactly `max_completion_length` tokens and the work per answer is identical):
+
+    plain    TRL's GRPOTrainer, online prompts only
+    hybrid   HybridGRPOTrainer with offline_fraction=0 (the overhead of the subclass; goal <= 1.10x)
+    offline  HybridGRPOTrainer with offline_fraction=0.5: every offline group samples G-2 answers
+             instead of G (should be faster than plain)
+
+Runs are interleaved (plain, hybrid, offline, plain, ...) so a busy shared CPU slows all of them alike;
+the first `--warmup` steps of each run are dropped and the median of the rest is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import PrinterCallback, TrainerCallback
+from trl import GRPOTrainer
+
+from mbpo_core.config import LoraConfig, TrainConfig
+from mbpo_core.models.build import build_model, build_processor
+from mbpo_core.rewards import TRL_REWARD_FUNCS
+from mbpo_core.training.arguments import grpo_config, peft_config
+from mbpo_core.training.data import PromptRow, build_prompt_dataset
+from mbpo_core.training.trainer import HybridGRPOTrainer
+
+WORDS = ["is", "there", "a", "red", "blue", "green", "circle", "square", "yes", "no"]
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def make_rows(root: Path, image_size: int, n: int) -> tuple[list[PromptRow], list[PromptRow]]:
+    online, offline = [], []
+    for i in range(n):
+        path = root / f"{i}.png"
+        Image.new("RGB", (image_size, image_size), (40 * (i % 6), 90, 200)).save(path)
+        online.append(PromptRow(f"o{i}", path, "is there a red circle ?", "yes_no", "yes"))
+        offline.append(
+            PromptRow(f"p{i}", path, "is there a blue square ?", "yes_no", "no", chosen="no", rejected="yes")
+        )
+    return online, offline
+
+
+def run(
+    kind: str, model_dir: Path, processor: Any, rows: tuple[list, list], train: TrainConfig, out: Path
+) -> list[float]:
+    from mbpo_core.models import load_adapter
+
+    adapter = load_adapter(model_dir)
+    processor.tokenizer.padding_side = "left"
+    args = grpo_config(train, output_dir=out, seed=0, use_cpu=not torch.cuda.is_available(), bf16=False)
+    args.save_strategy = "no"
+    online, offline = rows
+    timer = StepTimer()
+    common = {
+        "model": adapter.model,
+        "args": args,
+        "processing_class": adapter.processor,
+        "callbacks": [timer],
+    }
+    common["peft_config"] = peft_config(train.lora)
+    if kind == "plain":
+        trainer: Any = GRPOTrainer(
+            reward_funcs=list(TRL_REWARD_FUNCS), train_dataset=build_prompt_dataset(online, []), **common
+        )
+    else:
+        offline_groups = 0 if kind == "hybrid" else train.prompts_per_step // 2
+        dataset = build_prompt_dataset(online, offline if offline_groups else [])
+        trainer = HybridGRPOTrainer(train_dataset=dataset, offline_groups_per_step=offline_groups, **common)
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return timer.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--family", default="qwen2_vl")
+    parser.add_argument("--size", default="small")
+    parser.add_argument("--image-size", type=int, default=56)
+    parser.add_argument("--groups", type=int, default=4, help="prompts per optimiser step")
+    parser.add_argument("--generations", type=int, default=4, help="G, answers per prompt")
+    parser.add_argument("--completion-length", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+    train = TrainConfig(
+        num_generations=opts.generations,
+        prompts_per_step=opts.groups,
+        max_completion_length=opts.completion_length,
+        max_steps=opts.warmup + opts.steps,
+        save_steps=opts.warmup + opts.steps,
+        lora=LoraConfig(r=8, alpha=16),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        processor = build_processor(opts.family, WORDS, image_size=opts.image_size)
+        model = build_model(opts.family, processor, size=opts.size, seed=0)
+        model.save_pretrained(root / "model")
+        processor.save_pretrained(root / "model")
+        (root / "images").mkdir()
+        rows = make_rows(root / "images", opts.image_size, 16)
+        times: dict[str, list[float]] = {"plain": [], "hybrid": [], "offline": []}
+        kinds = list(times)
+        for repeat in range(opts.repeats):
+            # Rotate the order so no trainer always runs first (cold caches) or last.
+            for kind in kinds[repeat % 3 :] + kinds[: repeat % 3]:
+                seconds = run(kind, root / "model", processor, rows, train, root / f"{kind}-{repeat}")
+                times[kind].extend(seconds[opts.warmup :])
+    median = {kind: statistics.median(values) for kind, values in times.items()}
+    quartiles = {
+        kind: [round(q, 4) for q in statistics.quantiles(values, n=4)] for kind, values in times.items()
+    }
+    result = {
+        "config": vars(opts) | {"out": str(opts.out) if opts.out else None},
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": opts.threads},
+        "seconds_per_step_median": median,
+        "seconds_per_step_quartiles": quartiles,
+        "ratio_hybrid_over_plain": median["hybrid"] / median["plain"],
+        "ratio_offline_over_plain": median["offline"] / median["plain"],
+        "samples_per_step": len(times["plain"]) // opts.repeats,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if opts.out:
+        opts.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
