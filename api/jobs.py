@@ -34,11 +34,15 @@ class Queue(StrEnum):
 
 class TaskName(StrEnum):
     validate_dataset = "mbpo.datasets.validate"
+    chat_completion = "mbpo.inference.chat"
+    spot_check = "mbpo.inference.spot_check"
 
 
 # The one routing table. A task not listed here is a bug, not a default-queue surprise.
 TASK_ROUTES: dict[TaskName, Queue] = {
     TaskName.validate_dataset: Queue.cpu,
+    TaskName.chat_completion: Queue.inference,
+    TaskName.spot_check: Queue.inference,
 }
 
 
@@ -46,6 +50,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport_options: dict[str, Any] = {}
     if settings.broker_key_prefix:
         transport_options["global_keyprefix"] = settings.broker_key_prefix
+    if settings.celery_broker_url.startswith("sqla+"):
+        # The embedded broker is polled (default every second); a chat request waits on it.
+        transport_options["polling_interval"] = 0.05
     if not settings.embedded:
         # Must exceed the longest job: after it an unacked message is redelivered (then the lease
         # makes the duplicate a no-op). Runs take hours.

@@ -72,6 +72,32 @@ class Settings(BaseSettings):
         description="Extra connections per process under load; pool + overflow also caps requests in flight.",
     )
     lease_seconds: int = Field(60, ge=5, description="Job lease length; a worker renews it by heartbeat.")
+    inference_allow_image_urls: bool = Field(
+        False,
+        description="Let chat completions fetch http(s) image URLs (public addresses only); "
+        "otherwise images must be base64 data URLs.",
+    )
+    inference_url_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host:port pairs exempt from the private-address refusal of image URLs "
+        "(trusted internal image servers), comma-separated.",
+    )
+    inference_url_timeout_seconds: float = Field(
+        10.0, gt=0, description="Longest time fetching one image URL may take, redirects included."
+    )
+    inference_max_images: int = Field(1, ge=1, le=16, description="Most images in one chat request.")
+    inference_max_tokens: int = Field(512, ge=1, description="Largest max_tokens of a chat completion.")
+    inference_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Longest wait for a worker's next reply (model loading included) before a 504.",
+    )
+    inference_cache_bytes: int = Field(
+        8 * 1024 * MiB, ge=1, description="Weights an inference worker keeps loaded; least recently used evicted."
+    )
+    inference_max_batch: int = Field(
+        16, ge=1, description="Most waiting requests for one model decoded together by an inference worker."
+    )
     log_level: str = Field("INFO", description="Log level of API and worker.")
 
     @field_validator("data_roots", mode="before")
@@ -79,6 +105,13 @@ class Settings(BaseSettings):
     def _split_roots(cls, value: object) -> object:
         if isinstance(value, str):
             return [p for p in value.split(os.pathsep) if p.strip()]
+        return value
+
+    @field_validator("inference_url_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip().lower() for p in value.split(",") if p.strip()]
         return value
 
     @field_validator("database_url")
