@@ -27,3 +27,7 @@ def validate_dataset(self: Task, dataset_id: str) -> str | None:
     settings = get_settings()
     factory = get_session_factory(settings.sqlalchemy_url)
     return run_dataset_validation(factory, settings, dataset_id, owner=worker_identity(self.request.id))
+
+
+# The inference tasks live with their plain functions; importing registers them on the app.
+import worker.inference  # noqa: E402, F401

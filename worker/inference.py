@@ -1,0 +1,161 @@
+"""Inference tasks on the `inference` queue: chat completions and spot-checks.
+
+The tasks are thin: they decode the message, ask this process's `ModelCache` (mbpo_core.serving)
+for the model and send events back through `api.inference.replies`. The message carries the
+request itself (images included): a chat completion is not stored anywhere, and the API already
+resolved the model to directories, so the worker never touches the database here.
+
+Run an inference worker with the thread pool (`mbpo worker --queues inference --pool threads
+--concurrency 16`): concurrent tasks then share one model cache, and requests for the same model
+are decoded in batches. Torch is imported on first use, not when the worker starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from celery import shared_task
+
+from api.inference.replies import ReplyWriter, open_writer
+from api.jobs import TaskName
+from api.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from mbpo_core.serving import ModelCache, ModelSource
+
+log = logging.getLogger(__name__)
+
+_cache: ModelCache | None = None
+_cache_lock = threading.Lock()
+
+
+def get_model_cache(settings: Settings) -> ModelCache:
+    """The process's model cache (one per worker process, shared by its task threads)."""
+    global _cache
+    with _cache_lock:
+        if _cache is None:
+            import torch
+
+            from mbpo_core.serving import ModelCache
+
+            cuda = torch.cuda.is_available()
+            _cache = ModelCache(
+                settings.inference_cache_bytes,
+                max_batch=settings.inference_max_batch,
+                device="cuda" if cuda else "cpu",
+                dtype=torch.bfloat16 if cuda else torch.float32,
+            )
+        return _cache
+
+
+def _source(spec: dict[str, Any]) -> ModelSource:
+    from mbpo_core.serving import ModelSource
+
+    return ModelSource(key=spec["key"], path=spec["path"], base_path=spec.get("base_path"))
+
+
+def _fail(writer: ReplyWriter, exc: BaseException) -> None:
+    from mbpo_core.serving import ServingError
+
+    if isinstance(exc, ServingError):
+        writer.send({"t": "error", "code": exc.code, "message": exc.message})
+        return
+    log.exception("inference failed", exc_info=exc)
+    writer.send({"t": "error", "code": "internal_error", "message": "inference failed on the worker"})
+
+
+def run_chat_completion(settings: Settings, payload: dict[str, Any]) -> None:
+    """Decode one chat request; events: start, text (deltas), done (finish reason and usage)."""
+    from mbpo_core.serving import ChatRequest, SamplingParams, pixels_from_bytes
+
+    writer = open_writer(settings, payload["request_id"])
+    try:
+        if not writer.send({"t": "accepted"}):
+            return  # the requester gave up before a worker got to it
+        images = [pixels_from_bytes(base64.b64decode(b)) for b in payload["images"]]
+        params = payload["params"]
+        alive = [True]
+
+        def on_text(delta: str) -> None:
+            alive[0] = alive[0] and writer.send({"t": "text", "d": delta})
+
+        request = ChatRequest(
+            messages=payload["messages"],
+            images=images,
+            params=SamplingParams(
+                max_tokens=int(params["max_tokens"]),
+                temperature=float(params["temperature"]),
+                top_p=float(params["top_p"]),
+                seed=params.get("seed"),
+                stop=tuple(params.get("stop") or ()),
+            ),
+            on_text=on_text,
+            is_cancelled=lambda: not alive[0],
+        )
+        cache = get_model_cache(settings)
+        cache.get(_source(payload["model"]))  # load (or find) the model before announcing the start
+        writer.send({"t": "start"})
+        completion = cache.chat(_source(payload["model"]), request)
+        writer.send(
+            {
+                "t": "done",
+                "finish_reason": completion.finish_reason,
+                "prompt_tokens": completion.prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+            }
+        )
+    except Exception as exc:
+        _fail(writer, exc)
+    finally:
+        writer.close()
+
+
+def run_spot_check(settings: Settings, payload: dict[str, Any]) -> None:
+    """One model's spot-check; events: result (answers and IIGs) or error."""
+    from mbpo_core.serving import pixels_from_bytes, spot_check
+
+    writer = open_writer(settings, payload["request_id"])
+    try:
+        if not writer.send({"t": "accepted"}):
+            return
+        image = pixels_from_bytes(base64.b64decode(payload["image"]))
+        started = time.monotonic()
+        result = get_model_cache(settings).run(
+            _source(payload["model"]),
+            lambda adapter: spot_check(
+                adapter,
+                image,
+                payload["question"],
+                null_image=payload["null_image"],
+                max_tokens=int(payload["max_tokens"]),
+            ),
+        )
+        writer.send(
+            {
+                "t": "result",
+                "answer": result.answer,
+                "null_answer": result.null_answer,
+                "answer_iig": result.answer_iig,
+                "null_answer_iig": result.null_answer_iig,
+                "seconds": round(time.monotonic() - started, 4),
+            }
+        )
+    except Exception as exc:
+        _fail(writer, exc)
+    finally:
+        writer.close()
+
+
+# Not retried: the requester is waiting now, and a retry after it gave up would decode for nobody.
+@shared_task(name=TaskName.chat_completion.value)
+def chat_completion(payload: dict[str, Any]) -> None:
+    run_chat_completion(get_settings(), payload)
+
+
+@shared_task(name=TaskName.spot_check.value)
+def spot_check_task(payload: dict[str, Any]) -> None:
+    run_spot_check(get_settings(), payload)
