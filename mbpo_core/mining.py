@@ -27,12 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import re
-import shutil
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +49,7 @@ from mbpo_core.manifest import (
     resolve_image_path,
 )
 from mbpo_core.mining_report import Record, summarize_records
+from mbpo_core.mining_store import append_line, check_run_settings, read_lines, save_pair_images, write_atomic
 from mbpo_core.models.base import VLMAdapter
 from mbpo_core.verifiers import is_correct, normalize_open, parse_answer
 
@@ -87,74 +85,6 @@ class MiningSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ---- output directory --------------------------------------------------------------------------
-
-
-def _append_line(path: Path, obj: dict[str, Any]) -> None:
-    """One complete line per write + fsync: a crash can only tear the line being written."""
-    data = (json.dumps(obj, ensure_ascii=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_lines(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
-    """The complete JSON lines of an append-only log; a torn last line is ignored and, with
-    `repair`, cut off the file so the next append starts on a clean line."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    good_end, rows = 0, []
-    for line in raw.splitlines(keepends=True):
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError("torn line")
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-        good_end += len(line)
-    if repair and good_end != len(raw):
-        with path.open("r+b") as f:
-            f.truncate(good_end)
-    return rows
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _png_name(sample_id: str) -> str:
-    """A safe, unique file name for any id (ids may hold slashes or unicode)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id)[:80]
-    return f"{safe}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}.png"
-
-
-def _save_png(path: Path, pixels: torch.Tensor) -> None:
-    """(H, W, 3) pixels on the 1/255 grid -> an 8-bit PNG that decodes to exactly these pixels."""
-    array = (pixels.detach().cpu() * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _save_pair_images(out: Path, record: Record, source: Path, adv: torch.Tensor) -> None:
-    """The pair's clean image (a byte copy of the pool file) and its perturbed PNG, inside `out`, so
-    the pairs directory is self-contained and every image path stays relative to pairs.jsonl."""
-    name = _png_name(record["id"])
-    record["image"] = f"clean/{Path(name).stem}{source.suffix.lower()}"
-    record["perturbed_image"] = f"perturbed/{name}"
-    (out / "clean").mkdir(exist_ok=True)
-    tmp = out / f".{Path(record['image']).name}.tmp"
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, out / record["image"])
-    _save_png(out / record["perturbed_image"], adv)
 
 
 def _load_pixels(paths: Sequence[Path]) -> torch.Tensor:
@@ -229,7 +159,7 @@ def score_iig(
     Returns (scores by id, skip reason by id for samples whose scoring failed). A failing batch is
     retried one sample at a time so only the culprit is lost; failures are not cached (a re-run
     meets and counts them again)."""
-    scores = {row["id"]: float(row["iig"]) for row in _read_lines(cache)}
+    scores = {row["id"]: float(row["iig"]) for row in read_lines(cache)}
     failed: dict[str, str] = {}
     todo = [p for p in pool if p.sample.id not in scores]
     done = len(pool) - len(todo)
@@ -254,7 +184,7 @@ def score_iig(
             failed[batch[i].sample.id] = reason
         for i, gain in gains.items():
             scores[batch[i].sample.id] = float(gain)
-            _append_line(cache, {"id": batch[i].sample.id, "iig": float(gain)})
+            append_line(cache, {"id": batch[i].sample.id, "iig": float(gain)})
         done += len(batch)
         if on_progress is not None:
             on_progress("iig", done, len(pool))
@@ -431,18 +361,6 @@ def _run_settings(config: MBPOConfig, manifest: Path) -> dict[str, Any]:
     }
 
 
-def _check_run_settings(out_dir: Path, settings: dict[str, Any]) -> None:
-    path = out_dir / "run.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != settings:
-            raise ValueError(
-                f"{out_dir} was mined with different settings (see run.json); use a new output directory"
-            )
-    else:
-        _write_atomic(path, json.dumps(settings, indent=2).encode())
-
-
 def mine(
     adapter: VLMAdapter,
     manifest: str | Path,
@@ -455,7 +373,7 @@ def mine(
     """Mine hard negatives from `manifest` into `out_dir` (see the module docstring)."""
     manifest, out = Path(manifest), Path(out_dir)
     (out / "perturbed").mkdir(parents=True, exist_ok=True)
-    _check_run_settings(out, _run_settings(config, manifest))
+    check_run_settings(out, _run_settings(config, manifest))
     limit = limit if limit is not None else config.mining.limit
 
     pool, skipped, n_input = scan_pool(adapter, manifest, on_progress)
@@ -469,7 +387,7 @@ def mine(
         limit=limit,
     )
     by_id = {p.sample.id: p for p in pool}
-    finished = {r["id"]: r for r in _read_lines(out / "records.jsonl")}
+    finished = {r["id"]: r for r in read_lines(out / "records.jsonl")}
     todo = [by_id[i] for i in selected if i not in finished]
     done = len(selected) - len(todo)
     for batch_idx in bucket_by_size([p.size for p in todo], config.attack.batch_size):
@@ -490,8 +408,8 @@ def mine(
             record["iig"] = scores[p.sample.id]
             record["source_image"] = str(p.path)
             if record.get("adv_correct") is False:
-                _save_pair_images(out, record, p.path, adv)
-            _append_line(out / "records.jsonl", record)
+                save_pair_images(out, record, p.path, adv)
+            append_line(out / "records.jsonl", record)
             finished[record["id"]] = record
         done += len(batch)
         if on_progress is not None:
@@ -532,7 +450,7 @@ def _finish(
     limit: int | None,
 ) -> MiningSummary:
     pairs = [pair_line(r) for r in records if r.get("status") == "attacked" and r.get("adv_correct") is False]
-    _write_atomic(
+    write_atomic(
         out / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs).encode()
     )
     skipped = skipped + Counter(r["reason"] for r in records if r.get("status") == "error")
@@ -549,16 +467,5 @@ def _finish(
         n_selected=len(records),
         details=stats,
     )
-    _write_atomic(out / "summary.json", json.dumps(summary.to_dict(), indent=2).encode())
+    write_atomic(out / "summary.json", json.dumps(summary.to_dict(), indent=2).encode())
     return summary
-
-
-def load_pairs(path: str | Path) -> Iterable[dict[str, Any]]:
-    """The pairs of a pairs.jsonl file, image paths resolved against the file's directory."""
-    base = Path(path).parent
-    for row in _read_lines(Path(path), repair=False):
-        yield {
-            **row,
-            "image": str(base / row["image"]),
-            "perturbed_image": str(base / row["perturbed_image"]),
-        }

@@ -20,8 +20,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mbpo_core.config import MBPOConfig
-from mbpo_core.mining import MiningSummary, load_pairs, mine, same_answer, select_by_iig
+from mbpo_core.mining import MiningSummary, mine, same_answer, select_by_iig
 from mbpo_core.mining_report import summarize_records
+from mbpo_core.mining_store import load_pairs
 from mbpo_core.models import VLMAdapter
 
 THRESHOLD, SHARPNESS = 0.1, 40.0
