@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -90,6 +91,34 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+class LocalWorker:
+    """The one worker `mbpo serve` runs, restarted if it dies (a crash must not silently leave
+    every job queued forever); stopped with the server."""
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+        self._proc = _start_worker()
+        self._watcher = threading.Thread(target=self._watch, name="local-worker-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            code = self._proc.wait()
+            if self._stopping.is_set():
+                return
+            typer.echo(f"local worker exited with {code}; restarting in {delay:.0f}s", err=True)
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, 60.0)
+            self._proc = _start_worker()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        _stop(self._proc)
+        self._watcher.join(timeout=5)
+
+
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
@@ -116,12 +145,12 @@ def serve(
         state = "created" if created else "kept"
         typer.echo(f"Development admin key ({state} in {home / DEV_KEY_FILE}):\n\n    {key}\n")
     typer.echo(f"API: http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)", err=False)
-    proc = _start_worker() if worker else None
+    local_worker = LocalWorker() if worker else None
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
     finally:
-        if proc is not None:
-            _stop(proc)
+        if local_worker is not None:
+            local_worker.stop()
 
 
 def api(

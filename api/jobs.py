@@ -50,9 +50,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport_options: dict[str, Any] = {}
     if settings.broker_key_prefix:
         transport_options["global_keyprefix"] = settings.broker_key_prefix
-    if settings.celery_broker_url.startswith("sqla+"):
-        # The embedded broker is polled (default every second); a chat request waits on it.
-        transport_options["polling_interval"] = 0.05
     if not settings.embedded:
         # Must exceed the longest job: after it an unacked message is redelivered (then the lease
         # makes the duplicate a no-op). Runs take hours.
@@ -79,9 +76,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+# The embedded broker is polled (kombu's default: every second); a chat request waits on it.
+EMBEDDED_POLLING_INTERVAL = 0.05
+
+
 def create_celery(settings: Settings) -> Celery:
     app = Celery("mbpo")
     app.conf.update(celery_config(settings))
+    if settings.celery_broker_url.startswith("sqla+"):
+        # Not through broker_transport_options: kombu's SQLAlchemy transport hands every transport
+        # option to create_engine(), which rejects `polling_interval` and kills the worker.
+        from kombu.transport import sqlalchemy as kombu_sqla
+
+        kombu_sqla.Transport.polling_interval = EMBEDDED_POLLING_INTERVAL
     return app
 
 

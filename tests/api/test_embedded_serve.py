@@ -3,6 +3,8 @@ BROKER_URL) serves the API, runs its own worker on a SQLite broker, and validate
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ class Served:
     roots: Path
     log: Path
     env: dict[str, str]
+    pid: int
 
     def key(self) -> str:
         return (self.home / "admin_key").read_text().strip()
@@ -51,7 +54,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         services.wait_for(
             lambda: "ready." in log.read_text(errors="replace"), timeout=60, what="local worker"
         )
-        yield Served(url=url, home=base / "home", roots=base / "roots", log=log, env=env)
+        yield Served(url=url, home=base / "home", roots=base / "roots", log=log, env=env, pid=proc.pid)
     finally:
         services.stop_process_group(proc)
 
@@ -69,6 +72,36 @@ def test_serve_prints_and_keeps_a_dev_admin_key(served: Served) -> None:
     assert key.startswith("mbpo_")
     assert key in served.log.read_text()
     assert (served.home / "admin_key").stat().st_mode & 0o077 == 0
+
+
+def _worker_pids(log_owner_pid: int) -> list[int]:
+    """`mbpo worker` processes started by the server (direct children of `mbpo serve`)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if ppid == log_owner_pid and b"worker" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_crashed_local_worker_is_restarted(served: Served) -> None:
+    (pid,) = _worker_pids(served.pid)
+    os.kill(pid, signal.SIGKILL)
+    services.wait_for(
+        lambda: "restarting" in served.log.read_text(errors="replace"), timeout=30, what="restart"
+    )
+    services.wait_for(
+        lambda: served.log.read_text(errors="replace").count("ready.") >= 2,
+        timeout=60,
+        what="new worker ready",
+    )
+    assert _worker_pids(served.pid) not in ([], [pid])
 
 
 def test_embedded_upload_becomes_ready_without_servers(served: Served, tmp_path: Path) -> None:

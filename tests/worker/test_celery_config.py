@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from api.jobs import TASK_ROUTES, Queue, TaskName, celery_config
 from api.settings import Settings
 from worker.celery_app import create_worker_app
@@ -30,3 +32,17 @@ def test_embedded_broker_lives_in_home() -> None:
     assert settings.embedded
     assert celery_config(settings)["broker_url"] == "sqla+sqlite:////tmp/mbpo-home/broker.db"
     assert settings.sqlalchemy_url == "sqlite:////tmp/mbpo-home/mbpo.db"
+
+
+def test_embedded_broker_options_are_accepted_by_the_transport(tmp_path: Path) -> None:
+    """kombu's SQLAlchemy transport passes transport options to create_engine(): a worker option
+    there (such as polling_interval) crashes the embedded worker at start. Connect for real."""
+    from api.jobs import EMBEDDED_POLLING_INTERVAL, create_celery
+
+    app = create_celery(Settings(home=tmp_path, database_url=None, broker_url=None))
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1)
+        assert conn.transport.polling_interval == EMBEDDED_POLLING_INTERVAL
+        with conn.SimpleQueue("cpu") as queue:
+            queue.put({"x": 1})
+            assert queue.get(timeout=5).payload == {"x": 1}
