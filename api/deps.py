@@ -12,7 +12,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth.service import Principal, authenticate
-from api.errors import Unauthorized
+from api.auth.sessions import (
+    CSRF_HEADER,
+    SAFE_METHODS,
+    SESSION_COOKIE,
+    csrf_matches,
+    load_secret,
+    read_session,
+    session_principal,
+)
+from api.errors import Forbidden, Unauthorized
 from api.jobs import JobQueue, get_celery
 from api.settings import Settings
 
@@ -72,17 +81,50 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer mbpo_...`")
 
 
+async def get_session_secret(request: Request, settings: SettingsDep) -> bytes:
+    """The key signing browser sessions and CSRF tokens, loaded once per app."""
+    secret: bytes | None = getattr(request.app.state, "session_secret", None)
+    if secret is None:
+        secret = request.app.state.session_secret = load_secret(settings)
+    return secret
+
+
+SessionSecretDep = Annotated[bytes, Depends(get_session_secret)]
+
+
 def get_principal(
+    request: Request,
     factory: Annotated[sessionmaker[Session], Depends(get_session_factory)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    secret: SessionSecretDep,
 ) -> Principal:
     """Authenticate in a short transaction of its own (its only write is the coarse last-used
     time), so the request's session holds no connection until the route needs the database:
-    a slow upload streams without keeping a connection idle in a transaction."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    a slow upload streams without keeping a connection idle in a transaction.
+
+    Without an Authorization header, the admin UI's session cookie is accepted; a state-changing
+    request made with it must also carry the session's CSRF token (403 otherwise)."""
+    if credentials is None:
+        return _browser_principal(request, factory, secret)
+    if credentials.scheme.lower() != "bearer":
         raise Unauthorized()
     with factory.begin() as session:
         principal = authenticate(session, credentials.credentials)
+    if principal is None:
+        raise Unauthorized()
+    return principal
+
+
+def _browser_principal(request: Request, factory: sessionmaker[Session], secret: bytes) -> Principal:
+    browser = read_session(secret, request.cookies.get(SESSION_COOKIE))
+    if browser is None:
+        raise Unauthorized()
+    if request.method not in SAFE_METHODS and not csrf_matches(
+        secret, browser, request.headers.get(CSRF_HEADER)
+    ):
+        raise Forbidden("missing or invalid CSRF token", code="csrf_failed")
+    with factory.begin() as session:
+        principal = session_principal(session, browser)
     if principal is None:
         raise Unauthorized()
     return principal

@@ -52,6 +52,11 @@ class Unauthorized(AppError):
         super().__init__(message, **kwargs)
 
 
+class Forbidden(AppError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(AppError):
     status_code = 404
     code = "not_found"
@@ -89,30 +94,53 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
     return {"error": err}
 
 
+# OpenAI-compatible routes answer in OpenAI's error shape, a superset of ours (`type` and `param`
+# added), and with 400 rather than 422 for an invalid body, as OpenAI's clients expect.
+OPENAI_COMPATIBLE_PREFIXES = ("/v1/chat/",)
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error"}
+
+
+def _openai_compatible(request: Request) -> bool:
+    return request.url.path.startswith(OPENAI_COMPATIBLE_PREFIXES)
+
+
+def openai_error_body(code: str, message: str, field: str | None, status: int) -> dict[str, Any]:
+    body = error_body(code, message, field)
+    default = "invalid_request_error" if status < 500 else "server_error"
+    body["error"].update(type=_OPENAI_TYPES.get(status, default), param=field)
+    return body
+
+
 def _field_of(loc: Sequence[Any]) -> str | None:
     # ("body", "config", "train", "beta") -> "config.train.beta"; drop the location kind.
     parts = [str(p) for p in loc[1:]] if loc and loc[0] in {"body", "query", "path", "header"} else list(loc)
     return ".".join(str(p) for p in parts) or None
 
 
-async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return JSONResponse(
-        error_body(exc.code, exc.message, exc.field), status_code=exc.status_code, headers=exc.headers
-    )
+    if _openai_compatible(request):
+        body = openai_error_body(exc.code, exc.message, exc.field, exc.status_code)
+    else:
+        body = error_body(exc.code, exc.message, exc.field)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     field = _field_of(first.get("loc", ()))
     message = f"{field}: {first['msg']}" if field else str(first["msg"])
-    body = error_body("validation_error", message, field)
+    status = 400 if _openai_compatible(request) else 422
+    if status == 400:
+        body = openai_error_body("validation_error", message, field, status)
+    else:
+        body = error_body("validation_error", message, field)
     body["error"]["details"] = [
         {"field": _field_of(e.get("loc", ())), "message": e.get("msg", "")} for e in errors
     ]
-    return JSONResponse(body, status_code=422)
+    return JSONResponse(body, status_code=status)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

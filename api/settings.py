@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         10,
         ge=0,
         description="Extra connections per process under load; pool + overflow also caps requests in flight.",
+    )
+    session_secret: SecretStr | None = Field(
+        None,
+        description="Key signing admin-UI session cookies and CSRF tokens; every API process must share "
+        "it. Unset: a random one is created in MBPO_HOME/session_secret.",
     )
     lease_seconds: int = Field(60, ge=5, description="Job lease length; a worker renews it by heartbeat.")
     inference_allow_image_urls: bool = Field(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from api.db.models import ApiKey, User
 
@@ -28,3 +30,12 @@ class AuthRepository:
 
     def key_by_prefix(self, prefix: str) -> ApiKey | None:
         return self.session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+
+    def key_by_id(self, key_id: str) -> ApiKey | None:
+        return self.session.get(ApiKey, key_id)
+
+    def list_keys(self, *, user_id: str | None = None) -> Sequence[ApiKey]:
+        stmt = select(ApiKey).options(joinedload(ApiKey.user)).order_by(ApiKey.created_at.desc())
+        if user_id is not None:
+            stmt = stmt.where(ApiKey.user_id == user_id)
+        return self.session.scalars(stmt).all()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from api.auth.repository import AuthRepository
 from api.db.base import utcnow
 from api.db.models import ApiKey
+from api.errors import Conflict, Forbidden, NotFound, Unprocessable
 
 KEY_PREFIX = "mbpo"
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -72,3 +74,38 @@ def authenticate(session: Session, presented: str) -> Principal | None:
     if row.last_used_at is None or now - row.last_used_at > _LAST_USED_RESOLUTION:
         row.last_used_at = now  # coarse, so a busy key does not write on every request
     return Principal(user_id=row.user_id, key_id=row.id, is_admin=row.is_admin)
+
+
+def list_api_keys(session: Session, principal: Principal) -> Sequence[ApiKey]:
+    """Every key (admins only): names, prefixes, owners and use; never the keys themselves."""
+    if not principal.is_admin:
+        raise Forbidden("only an admin key may manage API keys")
+    return AuthRepository(session).list_keys()
+
+
+def revoke_api_key(session: Session, principal: Principal, key_id: str) -> ApiKey:
+    """Revoke a key (admins only). A key cannot revoke itself: that would lock its user out mid-way."""
+    if not principal.is_admin:
+        raise Forbidden("only an admin key may manage API keys")
+    row = AuthRepository(session).key_by_id(key_id)
+    if row is None:
+        raise NotFound(f"API key {key_id} not found")
+    if row.id == principal.key_id:
+        raise Conflict("an API key cannot revoke itself", code="revoke_self")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+def issue_api_key(
+    session: Session, principal: Principal, *, user_name: str, key_name: str, admin: bool
+) -> tuple[ApiKey, str]:
+    """Create a key on behalf of an admin; the clear key is returned once and never stored."""
+    if not principal.is_admin:
+        raise Forbidden("only an admin key may manage API keys")
+    user_name, key_name = user_name.strip(), key_name.strip()
+    if not 1 <= len(user_name) <= 200:
+        raise Unprocessable("user must be 1 to 200 characters", code="validation_error", field="user")
+    if not 1 <= len(key_name) <= 200:
+        raise Unprocessable("key name must be 1 to 200 characters", code="validation_error", field="name")
+    return create_api_key(session, user_name=user_name, key_name=key_name, admin=admin)

@@ -7,8 +7,10 @@ if anything fails, the staged files are removed and nothing is half-written.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,6 +26,7 @@ from api.errors import NotFound, Unprocessable
 from api.jobs import JobQueue, TaskName
 from api.paths import resolve_allowed_path
 from api.settings import Settings
+from mbpo_core.manifest import ManifestSample, iter_manifest
 
 
 def _manifest_location(resolved: Path) -> tuple[Path, str]:
@@ -122,3 +125,35 @@ def list_datasets(
     session: Session, principal: Principal, *, before: str | None, limit: int
 ) -> Sequence[Dataset]:
     return DatasetRepository(session).list_visible(principal, before=before, limit=limit)
+
+
+def thumbnails_dir(settings: Settings, dataset_id: str) -> Path:
+    """Where the validation job writes a dataset's thumbnails and their `index.json` (id -> file)."""
+    return settings.home_dir / "thumbnails" / dataset_id
+
+
+@dataclass(frozen=True)
+class SamplePreview:
+    sample: ManifestSample
+    thumbnail: str | None  # file name in thumbnails_dir, when the validation job made one
+
+
+def preview_samples(settings: Settings, dataset: Dataset, *, limit: int) -> list[SamplePreview]:
+    """The first `limit` valid samples of a dataset with their thumbnails (for a quick look)."""
+    manifest = Path(dataset.root_path) / dataset.manifest_name
+    if not manifest.is_file():
+        return []
+    index_file = thumbnails_dir(settings, dataset.id) / "index.json"
+    index: dict[str, str] = {}
+    if index_file.is_file():
+        try:
+            index = json.loads(index_file.read_text())
+        except ValueError:
+            index = {}
+    out: list[SamplePreview] = []
+    for _, item in iter_manifest(manifest):
+        if isinstance(item, ManifestSample):
+            out.append(SamplePreview(sample=item, thumbnail=index.get(item.id)))
+            if len(out) >= limit:
+                break
+    return out
