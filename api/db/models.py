@@ -245,3 +245,24 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     eval_scores: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SpotCheckRecord(Base):
+    """A hallucination spot-check: one image and question put to several models, each answering
+    with the image and with its null image, with the IIG of both answers (`results`, in order)."""
+
+    __tablename__ = "spot_checks"
+    __table_args__ = (Index(None, "owner_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("spot"))
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    question: Mapped[str] = mapped_column(Text)
+    null_image: Mapped[str] = mapped_column(String(10))
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_width: Mapped[int] = mapped_column(Integer)
+    image_height: Mapped[int] = mapped_column(Integer)
+    thumbnail: Mapped[str] = mapped_column(Text)  # a small JPEG data URL for the history list
+    models: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

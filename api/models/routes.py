@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.models import service
-from api.models.schemas import ModelCreate, ModelRead
-from api.pagination import Page, decode_cursor, encode_cursor
+from api.models.schemas import ModelCreate, ModelRead, ServedModelList
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -22,16 +19,11 @@ def register_model(
     return ModelRead.model_validate(service.register_model(session, settings, principal, body))
 
 
-@router.get("", response_model=Page[ModelRead])
-def list_models(
-    session: SessionDep,
-    principal: PrincipalDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query()] = None,
-) -> Page[ModelRead]:
-    rows = service.list_models(session, principal, before=decode_cursor(cursor), limit=limit + 1)
-    page = [ModelRead.model_validate(r) for r in rows[:limit]]
-    return Page[ModelRead](data=page, next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None)
+@router.get("", response_model=ServedModelList)
+def list_models(session: SessionDep, principal: PrincipalDep) -> ServedModelList:
+    """OpenAI's model list: base models (`model:<id>`) and the checkpoints of runs (`run:<id>` for
+    the newest, `run:<id>@<step>`), each usable as `model` in /v1/chat/completions."""
+    return ServedModelList.of(service.list_served_models(session, principal))
 
 
 @router.get("/{model_id}", response_model=ModelRead)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,3 +26,26 @@ class ModelRead(BaseModel):
     architectures: list[str]
     param_count: int
     created_at: datetime
+
+
+class ServedModel(BaseModel):
+    """An OpenAI model object; the project's fields (kind, name, run_id, step, ...) beside."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(
+        description="What chat completions take as `model`: model:<id>, run:<id>, run:<id>@<step>"
+    )
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    kind: Literal["base_model", "run", "checkpoint"]
+
+
+class ServedModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ServedModel]
+
+    @classmethod
+    def of(cls, entries: list[dict[str, Any]]) -> ServedModelList:
+        return cls(data=[ServedModel.model_validate(e) for e in entries])

@@ -4,12 +4,14 @@ and never run remote code (mbpo_core.model_info)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from api.auth.service import Principal
 from api.db.models import BaseModelRecord
 from api.errors import NotFound, Unprocessable
+from api.inference.models import list_models as list_inference_models
 from api.models.repository import ModelRepository
 from api.models.schemas import ModelCreate
 from api.paths import resolve_allowed_path
@@ -51,3 +53,8 @@ def list_models(
     session: Session, principal: Principal, *, before: str | None, limit: int
 ) -> Sequence[BaseModelRecord]:
     return ModelRepository(session).list_visible(principal, before=before, limit=limit)
+
+
+def list_served_models(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    """Everything chat completions can serve to `principal`, as OpenAI model objects."""
+    return list_inference_models(session, principal)

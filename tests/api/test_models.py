@@ -23,7 +23,12 @@ def test_register_qwen_model(client: TestClient, alice: KeyFor, bob: KeyFor, dat
     assert body["family"] == "qwen2_vl" and body["param_count"] == 30
     assert body["architectures"] == ["Qwen2VLForConditionalGeneration"]
     assert client.get(f"/v1/models/{body['id']}", headers=alice.headers).json()["name"] == "tiny qwen"
-    assert [m["id"] for m in client.get("/v1/models", headers=alice.headers).json()["data"]] == [body["id"]]
+    listing = client.get("/v1/models", headers=alice.headers).json()
+    assert listing["object"] == "list"
+    assert [(m["id"], m["object"], m["kind"]) for m in listing["data"]] == [
+        (f"model:{body['id']}", "model", "base_model")
+    ]
+    assert client.get("/v1/models", headers=bob.headers).json()["data"] == []
     assert client.get(f"/v1/models/{body['id']}", headers=bob.headers).status_code == 404
 
 
