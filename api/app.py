@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from api.admin import mount_admin
 from api.chat.routes import router as chat_router
-from api.chat.routes import router as chat_router
 from api.datasets.routes import router as datasets_router
 from api.db.session import get_session_factory
 from api.deps import get_principal
@@ -17,7 +16,6 @@ from api.health.routes import router as health_router
 from api.limits import InFlightLimit
 from api.models.routes import router as models_router
 from api.settings import Settings, get_settings
-from api.spotchecks.routes import router as spot_checks_router
 from api.spotchecks.routes import router as spot_checks_router
 
 API_VERSION = "0.1.0"
@@ -48,8 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(get_principal, scope="function")])
     v1.include_router(datasets_router)
     v1.include_router(models_router)
-    v1.include_router(chat_router)
-    v1.include_router(spot_checks_router)
     v1.include_router(chat_router)
     v1.include_router(spot_checks_router)
     app.include_router(v1)
