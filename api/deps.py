@@ -65,7 +65,7 @@ def get_session(
         raise
     finally:
         session.close()
-    if jobs.jobs:
+    if jobs.pending:
         try:
             jobs.send(get_celery(settings))
         except Exception:

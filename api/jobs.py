@@ -34,6 +34,7 @@ class Queue(StrEnum):
 
 class TaskName(StrEnum):
     validate_dataset = "mbpo.datasets.validate"
+    execute_run = "mbpo.runs.execute"
     chat_completion = "mbpo.inference.chat"
     spot_check = "mbpo.inference.spot_check"
 
@@ -41,6 +42,7 @@ class TaskName(StrEnum):
 # The one routing table. A task not listed here is a bug, not a default-queue surprise.
 TASK_ROUTES: dict[TaskName, Queue] = {
     TaskName.validate_dataset: Queue.cpu,
+    TaskName.execute_run: Queue.gpu,
     TaskName.chat_completion: Queue.inference,
     TaskName.spot_check: Queue.inference,
 }
@@ -120,6 +122,12 @@ class JobQueue:
 
     jobs: list[Job] = field(default_factory=list)
     rollback_hooks: list[Callable[[], None]] = field(default_factory=list)
+    commit_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def pending(self) -> bool:
+        """Whether anything waits for the commit (jobs to send or hooks to run)."""
+        return bool(self.jobs or self.commit_hooks)
 
     def enqueue(self, name: TaskName, *ids: str) -> None:
         self.jobs.append(Job(name, ids))
@@ -128,9 +136,14 @@ class JobQueue:
         """Undo a side effect outside the database (files written) if the transaction fails."""
         self.rollback_hooks.append(hook)
 
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        """Run `hook` once the transaction committed (e.g. publish the run events it wrote)."""
+        self.commit_hooks.append(hook)
+
     def discard(self) -> None:
         """The transaction failed: drop the jobs and undo the side effects."""
         self.jobs.clear()
+        self.commit_hooks.clear()
         hooks, self.rollback_hooks = self.rollback_hooks, []
         for hook in reversed(hooks):
             try:
@@ -144,3 +157,9 @@ class JobQueue:
         for job in jobs:
             celery.send_task(job.name.value, args=list(job.args))
             log.info("enqueued %s%s", job.name.value, list(job.args))
+        hooks, self.commit_hooks = self.commit_hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("after-commit hook failed")

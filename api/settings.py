@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         "it. Unset: a random one is created in MBPO_HOME/session_secret.",
     )
     lease_seconds: int = Field(60, ge=5, description="Job lease length; a worker renews it by heartbeat.")
+    sweep_seconds: float = Field(
+        30, gt=0, description="How often a worker looks for runs whose worker died (expired lease)."
+    )
+    sse_ping_seconds: float = Field(
+        15, gt=0, description="Keep-alive comment interval of event streams (also their database re-check)."
+    )
     inference_allow_image_urls: bool = Field(
         False,
         description="Let chat completions fetch http(s) image URLs (public addresses only); "

@@ -30,4 +30,8 @@ def validate_dataset(self: Task, dataset_id: str) -> str | None:
 
 
 # The inference tasks live with their plain functions; importing registers them on the app.
-import worker.inference  # noqa: E402, F401
+import worker.inference  # noqa: E402
+
+# Runs: the task lives with its plain functions; the sweeper starts with the worker.
+import worker.runs  # noqa: E402
+import worker.sweeper  # noqa: E402, F401

@@ -1,0 +1,482 @@
+"""Run execution: the pipeline stages under a database lease, recorded as events, progress, metrics,
+artefacts and checkpoints. Plain functions; the Celery task at the bottom is a thin shell over
+`execute_run`, and tests call it directly.
+
+- A duplicate delivery finds the run leased (or finished) and returns None without work.
+- The lease is renewed by a heartbeat thread and by every progress write; every write of the run's
+  state is conditioned on still holding it. A worker that lost it stops without writing.
+- Between steps the pipeline asks `should_stop`: yes when the run is `cancelling` (the trainer then
+  saves a checkpoint) or the lease is gone.
+- A crash records `error.code`/`error.message`; a dead worker's lease expires and the sweeper
+  (worker.sweeper) re-queues the run or fails it after `max_attempts`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from celery import Task, shared_task
+from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db.base import utcnow
+from api.db.lease import Lease
+from api.db.models import (
+    Artefact,
+    BaseModelRecord,
+    Checkpoint,
+    Dataset,
+    Run,
+    RunMetric,
+    RunStatus,
+)
+from api.db.session import get_session_factory
+from api.events.publish import publish_events
+from api.events.store import append_event, event_payload
+from api.jobs import TaskName
+from api.settings import Settings, get_settings
+from mbpo_core import pipeline
+from mbpo_core.config import MBPOConfig
+from mbpo_core.pipeline import PipelineError, RunInputs, RunLayout, StageCancelled, StageProgress
+from worker.celery_app import worker_identity
+
+log = logging.getLogger(__name__)
+
+# A run can be (re)claimed while queued or in any stage: a stage status with an expired lease
+# means the previous worker died there and the pipeline continues from what it left.
+CLAIMABLE = [RunStatus.queued, *pipeline.STAGES]
+# Share of the overall progress each stage represents (rough CPU/GPU time of a typical run).
+STAGE_WEIGHTS = {"validating": 0.02, "scoring": 0.13, "mining": 0.25, "training": 0.45, "evaluating": 0.15}
+PROGRESS_WRITE_INTERVAL = 1.0  # seconds between progress writes (training steps are always written)
+CANCEL_POLL_INTERVAL = 0.5  # seconds between reads of the cancel flag
+HASHED_FILE_LIMIT = 256 * 1024 * 1024  # artefacts larger than this get no sha256 (weights)
+
+
+class LeaseLost(Exception):
+    """Another worker owns the run now (or it was finished by someone else): stop, write nothing."""
+
+
+def run_layout(settings: Settings, run_id: str) -> RunLayout:
+    return RunLayout(settings.home_dir / "runs" / run_id)
+
+
+def overall_progress(stage_progress: dict[str, float]) -> float:
+    total = sum(STAGE_WEIGHTS.values())
+    return round(sum(w * stage_progress.get(s, 0.0) for s, w in STAGE_WEIGHTS.items()) / total, 4)
+
+
+def eval_split_names(datasets: list[Dataset]) -> dict[str, Dataset]:
+    """Split names of the eval datasets: their names, made unique with the id when two collide."""
+    counts: dict[str, int] = {}
+    for d in datasets:
+        counts[d.name] = counts.get(d.name, 0) + 1
+    return {(d.name if counts[d.name] == 1 else f"{d.name}-{d.id}"): d for d in datasets}
+
+
+def load_inputs(session: Session, run: Run) -> RunInputs:
+    model = session.get(BaseModelRecord, run.base_model_id)
+    if model is None:
+        raise PipelineError("model_missing", f"base model {run.base_model_id} no longer exists")
+
+    def manifest(dataset_id: str | None) -> Path | None:
+        if dataset_id is None:
+            return None
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            raise PipelineError("dataset_missing", f"dataset {dataset_id} no longer exists")
+        return Path(dataset.root_path) / dataset.manifest_name
+
+    eval_rows = [session.get(Dataset, i) for i in run.eval_dataset_ids]
+    if any(row is None for row in eval_rows):
+        raise PipelineError("dataset_missing", "an evaluation dataset no longer exists")
+    return RunInputs(
+        model_dir=Path(model.path),
+        offline_manifest=manifest(run.offline_dataset_id),
+        online_manifest=manifest(run.online_dataset_id),
+        eval_manifests={
+            name: Path(d.root_path) / d.manifest_name
+            for name, d in eval_split_names([r for r in eval_rows if r is not None]).items()
+        },
+    )
+
+
+@dataclass
+class RunRecorder:
+    """Everything a run execution writes to the database, conditioned on holding the lease."""
+
+    factory: sessionmaker[Session]
+    settings: Settings
+    run_id: str
+    owner: str
+    lease: Lease
+    layout: RunLayout
+    lost: Any  # threading.Event set by the heartbeat when the lease was lost
+    stage_progress: dict[str, float] = field(default_factory=dict)
+    recorded_step: int = 0  # highest training step already in run_metrics (from any attempt)
+    _last_write: float = 0.0
+    _last_cancel_check: float = 0.0
+    _cancel_requested: bool = False
+    _started: float = field(default_factory=time.monotonic)
+    _progress_at_start: float = 0.0
+
+    def load_state(self) -> None:
+        with self.factory() as session:
+            run = session.get(Run, self.run_id)
+            assert run is not None
+            self.stage_progress = dict(run.stage_progress or {})
+            self._progress_at_start = run.progress
+            self.recorded_step = (
+                session.scalar(
+                    select(func.max(RunMetric.step)).where(
+                        RunMetric.run_id == self.run_id, RunMetric.stage == "training"
+                    )
+                )
+                or 0
+            )
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def _commit_events(self, session: Session, events: list[Any]) -> None:
+        payloads = [event_payload(e) for e in events]
+        session.commit()
+        publish_events(self.settings, payloads)
+
+    def event(
+        self,
+        type: str,
+        message: str,
+        *,
+        stage: str | None = None,
+        level: str = "info",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        with self.factory() as session:
+            event = append_event(session, self.run_id, type, message, stage=stage, level=level, data=data)
+            self._commit_events(session, [event])
+
+    def _transition(
+        self, values: dict[str, Any], event: tuple[str, str, dict[str, Any]], *conditions: Any
+    ) -> bool:
+        """Update the run (while this worker holds the lease and `conditions` hold) and append the
+        event in the same transaction, so a reader that sees the event sees the new state."""
+        with self.factory() as session:
+            result = session.execute(
+                update(Run)
+                .where(Run.id == self.run_id, Run.lease_owner == self.owner, *conditions)
+                .values(**values),
+                execution_options={"synchronize_session": False},
+            )
+            assert isinstance(result, CursorResult)
+            if result.rowcount != 1:
+                session.rollback()
+                return False
+            type_, message, data = event
+            row = append_event(
+                session,
+                self.run_id,
+                type_,
+                message,
+                stage=values.get("stage"),
+                level="error" if type_ == "run_failed" else "info",
+                data=data,
+            )
+            self._commit_events(session, [row])
+            return True
+
+    # ---- cancellation and lease ------------------------------------------------------------
+
+    def should_stop(self) -> bool:
+        if self.lost.is_set():
+            return True
+        now = time.monotonic()
+        if not self._cancel_requested and now - self._last_cancel_check >= CANCEL_POLL_INTERVAL:
+            self._last_cancel_check = now
+            with self.factory() as session:
+                row = session.execute(
+                    select(Run.status, Run.lease_owner).where(Run.id == self.run_id)
+                ).one_or_none()
+            if row is None or row.lease_owner != self.owner:
+                self.lost.set()
+                return True
+            self._cancel_requested = row.status == RunStatus.cancelling
+        return self._cancel_requested
+
+    def check(self) -> None:
+        if self.should_stop():
+            raise LeaseLost() if self.lost.is_set() else StageCancelled("between stages")
+
+    # ---- stages ----------------------------------------------------------------------------
+
+    def enter_stage(self, stage: str) -> None:
+        self.check()
+        self.stage_progress.setdefault(stage, 0.0)
+        entered = self._transition(
+            {"status": stage, "stage": stage, "stage_progress": dict(self.stage_progress)},
+            ("stage_started", f"{stage} started", {"stage": stage}),
+            Run.status != RunStatus.cancelling,
+        )
+        if not entered:
+            self.check()
+            raise LeaseLost()
+
+    def report(self, p: StageProgress) -> None:
+        """Pipeline progress -> run row (throttled), training metrics and step events (each step once)."""
+        if self.lost.is_set():
+            return
+        self.stage_progress[p.stage] = round(p.fraction, 4)
+        is_step = p.step is not None
+        now = time.monotonic()
+        if not is_step and p.done < p.total and now - self._last_write < PROGRESS_WRITE_INTERVAL:
+            return
+        self._last_write = now
+        progress = overall_progress(self.stage_progress)
+        values: dict[str, Any] = {
+            "stage_progress": dict(self.stage_progress),
+            "progress": progress,
+            "eta_seconds": self._eta(progress, p.eta_s),
+        }
+        if is_step and p.metrics:
+            values["latest_metrics"] = {"step": p.step, **p.metrics}
+        if not self.lease.renew(**values):
+            self.lost.set()
+            return
+        if is_step:
+            self._record_step(p)
+        else:
+            self.event(
+                "stage_progress",
+                f"{p.stage}: {p.done}/{p.total}",
+                stage=p.stage,
+                data={"done": p.done, "total": p.total, "phase": p.phase, "eta_s": p.eta_s},
+            )
+
+    def _eta(self, progress: float, stage_eta: float | None) -> float | None:
+        gained = progress - self._progress_at_start
+        if gained >= 0.02:
+            return round((time.monotonic() - self._started) / gained * (1 - progress), 1)
+        return round(stage_eta, 1) if stage_eta is not None else None
+
+    def _record_step(self, p: StageProgress) -> None:
+        assert p.step is not None
+        if p.step <= self.recorded_step:
+            # Re-run after resuming from an earlier checkpoint: the step is already recorded.
+            return
+        with self.factory() as session:
+            session.add_all(
+                RunMetric(run_id=self.run_id, stage=p.stage, name=name, step=p.step, value=value)
+                for name, value in p.metrics.items()
+            )
+            event = append_event(
+                session,
+                self.run_id,
+                "train_step",
+                f"step {p.step}/{p.total}",
+                stage=p.stage,
+                data={"step": p.step, "total": p.total, "eta_s": p.eta_s, "metrics": p.metrics},
+            )
+            self._commit_events(session, [event])
+        self.recorded_step = p.step
+        self.sync_checkpoints()
+
+    def complete_stage(self, stage: str, result: dict[str, Any]) -> None:
+        self.stage_progress[stage] = 1.0
+        if not self.lease.renew(
+            stage_progress=dict(self.stage_progress), progress=overall_progress(self.stage_progress)
+        ):
+            raise LeaseLost()
+        self.register_stage_artefacts(stage, result)
+        if stage == "training":
+            self.sync_checkpoints()
+        self.event("stage_completed", f"{stage} done", stage=stage, data=_brief(result))
+
+    # ---- artefacts and checkpoints ------------------------------------------------------------
+
+    def _relative(self, path: Path) -> str:
+        return str(path.resolve().relative_to(self.settings.home_dir))
+
+    def register_artefact(self, kind: str, path: Path, meta: dict[str, Any] | None = None) -> None:
+        if not path.exists():
+            return
+        size, sha = _size_and_hash(path)
+        rel = self._relative(path)
+        with self.factory.begin() as session:
+            row = session.scalar(select(Artefact).where(Artefact.run_id == self.run_id, Artefact.path == rel))
+            if row is None:
+                row = Artefact(run_id=self.run_id, kind=kind, path=rel)
+                session.add(row)
+            row.size_bytes, row.sha256, row.meta = size, sha, meta or {}
+
+    def register_stage_artefacts(self, stage: str, result: dict[str, Any]) -> None:
+        layout = self.layout
+        if stage == "validating":
+            self.register_artefact("validation_report", layout.stage_file(stage))
+        elif stage == "scoring":
+            self.register_artefact("iig_scores", layout.mining_dir / "iig.jsonl", _brief(result))
+        elif stage == "mining":
+            meta = {k: result.get(k) for k in ("n_pairs", "attack_success_rate", "prior_agreement_rate")}
+            self.register_artefact("mined_pairs", layout.pairs_file, meta)
+            self.register_artefact("mining_summary", layout.mining_dir / "summary.json")
+        elif stage == "training":
+            self.register_artefact("model", layout.final_model_dir, {"steps": result.get("steps")})
+        elif stage == "evaluating":
+            self.register_artefact("eval_report", layout.eval_dir / "report.json")
+
+    def sync_checkpoints(self, eval_scores: dict[str, Any] | None = None) -> None:
+        """Mirror the complete checkpoints on disk into the table (rotated ones are removed);
+        `eval_scores` is attached to the newest one (the model the run publishes)."""
+        found = pipeline.list_checkpoints(self.layout)
+        steps = {c.step for c in found}
+        events = []
+        with self.factory() as session:
+            rows = {
+                c.step: c for c in session.scalars(select(Checkpoint).where(Checkpoint.run_id == self.run_id))
+            }
+            for info in found:
+                row = rows.get(info.step)
+                if row is None:
+                    row = Checkpoint(run_id=self.run_id, step=info.step, path=self._relative(info.path))
+                    session.add(row)
+                    events.append(
+                        append_event(
+                            session,
+                            self.run_id,
+                            "checkpoint_saved",
+                            f"checkpoint at step {info.step}",
+                            stage="training",
+                            data={"step": info.step, "metrics": info.metrics},
+                        )
+                    )
+                row.complete, row.metrics = True, info.metrics
+                if eval_scores is not None and info is found[-1]:
+                    row.eval_scores = eval_scores
+            gone = [s for s in rows if s not in steps]
+            if gone:
+                session.execute(
+                    delete(Checkpoint).where(Checkpoint.run_id == self.run_id, Checkpoint.step.in_(gone))
+                )
+            self._commit_events(session, events)
+
+    # ---- the end -----------------------------------------------------------------------------
+
+    def finish(self, status: RunStatus, message: str, **values: Any) -> bool:
+        values = {
+            "status": status,
+            "finished_at": utcnow(),
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "eta_seconds": None,
+            **values,
+        }
+        data = {k: values[k] for k in ("error_code", "error_message") if values.get(k)}
+        return self._transition(values, (f"run_{status}", message, data))
+
+
+def _brief(result: dict[str, Any]) -> dict[str, Any]:
+    """A stage result without its bulky parts (fits an event)."""
+    return {k: v for k, v in result.items() if k not in {"config", "details", "datasets"}}
+
+
+def _size_and_hash(path: Path) -> tuple[int, str | None]:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()), None
+    size = path.stat().st_size
+    if size > HASHED_FILE_LIMIT:
+        return size, None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return size, digest.hexdigest()
+
+
+def execute_run(factory: sessionmaker[Session], settings: Settings, run_id: str, *, owner: str) -> str | None:
+    """Run (or continue) run `run_id` to a terminal state. Returns that state, or None when the run
+    was not claimable (a duplicate message, someone else's lease, already finished) or the lease
+    was lost midway."""
+    lease = Lease(factory, Run, run_id, owner, timedelta(seconds=settings.lease_seconds))
+    if not lease.claim(CLAIMABLE, started_at=func.coalesce(Run.started_at, utcnow())):
+        log.info("run %s: not claimable (finished, cancelled, or leased by another worker)", run_id)
+        return None
+    layout = run_layout(settings, run_id)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with lease.keep_alive() as lost:
+        recorder = RunRecorder(factory, settings, run_id, owner, lease, layout, lost)
+        try:
+            return _execute(recorder, factory, layout)
+        except LeaseLost:
+            log.warning("run %s: lease lost; leaving the run to its new owner", run_id)
+            return None
+        finally:
+            pipeline.release_models()
+
+
+def _execute(recorder: RunRecorder, factory: sessionmaker[Session], layout: RunLayout) -> str | None:
+    recorder.load_state()
+    with factory() as session:
+        run = session.get(Run, recorder.run_id)
+        assert run is not None
+        attempt = run.attempt
+        try:
+            config = MBPOConfig.model_validate(run.config)
+            inputs = load_inputs(session, run)
+        except (PipelineError, ValueError) as exc:
+            code = exc.code if isinstance(exc, PipelineError) else "invalid_config"
+            return _fail(recorder, code, str(exc))
+    recorder.event(
+        "run_started", f"attempt {attempt} started", data={"attempt": attempt, "worker": recorder.owner}
+    )
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for stage in pipeline.STAGES:
+            recorder.enter_stage(stage)
+            results[stage] = pipeline.STAGE_FUNCTIONS[stage](
+                inputs, layout, config, recorder.report, recorder.should_stop
+            )
+            if recorder.lost.is_set():
+                raise LeaseLost()
+            recorder.complete_stage(stage, results[stage])
+    except StageCancelled:
+        if recorder.lost.is_set():
+            raise LeaseLost() from None
+        recorder.sync_checkpoints()
+        recorder.finish(RunStatus.cancelled, "run cancelled")
+        return RunStatus.cancelled
+    except PipelineError as exc:
+        return _fail(recorder, exc.code, exc.message)
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        log.exception("run %s: crashed", recorder.run_id)
+        if recorder.lost.is_set():
+            raise LeaseLost() from exc
+        return _fail(recorder, "internal_error", f"{type(exc).__name__}: {exc}")
+    scores = results["evaluating"]
+    recorder.sync_checkpoints(eval_scores=scores)
+    done = recorder.finish(
+        RunStatus.succeeded,
+        "run succeeded",
+        scores=scores,
+        progress=1.0,
+        stage_progress={s: 1.0 for s in pipeline.STAGES},
+    )
+    return RunStatus.succeeded if done else None
+
+
+def _fail(recorder: RunRecorder, code: str, message: str) -> str | None:
+    done = recorder.finish(RunStatus.failed, f"run failed: {message}", error_code=code, error_message=message)
+    return RunStatus.failed if done else None
+
+
+@shared_task(name=TaskName.execute_run.value, bind=True)
+def execute_run_task(self: Task, run_id: str) -> str | None:
+    """No automatic retries: a crash is recorded on the run; a dead worker's run is re-queued by
+    the sweeper when its lease expires (up to max_attempts)."""
+    settings = get_settings()
+    factory = get_session_factory(settings.sqlalchemy_url)
+    return execute_run(factory, settings, run_id, owner=worker_identity(self.request.id))
