@@ -1,0 +1,351 @@
+"""The project's results table: MBPO against its ablations on the testbed (issue 5, DESIGN 5).
+
+    .venv/bin/python bench/ablation.py --testbed quick --seeds 0 1 2 --out /tmp/mbpo-ablation \
+        --doc docs/results.md
+
+Per seed: build (or reuse, `--testbed-dir`) the testbed, mine hard negatives from its `offline` pool
+once, train every row from the same base model, and evaluate every model on pope_random /
+pope_popular / pope_adversarial / vqa. Rows:
+
+    base          the testbed's base model, no training
+    sft           more supervised training on the biased `sft` split, same number of trained
+                  sequences as the GRPO rows (steps x prompts x G)
+    dpo_random    TRL DPOTrainer on pairs with random negatives: pool samples drawn at random (no IIG
+                  filter, no attack), rejected = a random wrong answer of the task's answer space
+    grpo_online   hybrid trainer with offline_fraction = 0 (plain online GRPO, verified rewards)
+    offline_only  hybrid trainer with offline_fraction = 1 (mined pairs + G-2 samples, no online prompts)
+    mbpo          hybrid trainer, offline_fraction = 0.5
+
+Results are appended to OUT/results.jsonl as they finish (a re-run skips finished (seed, row) cells);
+`--doc` writes the mean +- std table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mbpo_core.config import MBPOConfig
+from mbpo_core.manifest import read_manifest, resolve_image_path
+
+ROWS = ("base", "sft", "dpo_random", "grpo_online", "offline_only", "mbpo")
+SPLITS = ("pope_random", "pope_popular", "pope_adversarial", "vqa")
+POPE_COLUMNS = ("f1", "accuracy", "yes_ratio", "unparsable_rate")
+
+
+def base_config(seed: int, steps: int) -> MBPOConfig:
+    return MBPOConfig.model_validate(
+        {
+            "seed": seed,
+            "device": "cpu",
+            "attack": {"steps": 10, "batch_size": 16},
+            "mining": {"max_new_tokens": 4, "limit": 200},
+            "train": {
+                "offline_fraction": 0.5,
+                "num_generations": 4,
+                "prompts_per_step": 8,
+                "max_completion_length": 4,
+                "learning_rate": 5e-4,
+                "max_steps": steps,
+                "save_steps": steps,
+                "keep_checkpoints": 1,
+                "lora": {"enabled": False},
+            },
+            "eval": {"batch_size": 64, "max_new_tokens": 4, "attack_eval": False},
+        }
+    )
+
+
+def testbed_dir(args: argparse.Namespace, seed: int) -> Path:
+    from mbpo_core.testbed.build import BuildSpec, build_testbed
+
+    if args.testbed_dir and seed == args.seeds[0]:
+        return Path(args.testbed_dir)
+    root = args.out / f"testbed-{args.testbed}-{seed}"
+    if not (root / "build_report.json").exists():
+        spec = BuildSpec.quick(seed) if args.testbed == "quick" else BuildSpec.full(seed)
+        build_testbed(root, spec)
+    return root
+
+
+def manifest(testbed: Path, split: str) -> Path:
+    from mbpo_core.testbed.build import manifest_path
+
+    return manifest_path(testbed, split)
+
+
+# --- rows ---------------------------------------------------------------------------------------
+
+
+def train_hybrid(testbed: Path, work: Path, config: MBPOConfig, offline_fraction: float, pairs: Path) -> Path:
+    from mbpo_core.training.session import train_policy
+
+    train = config.train.model_copy(update={"offline_fraction": offline_fraction})
+    config = config.model_copy(update={"train": train})
+    online = manifest(testbed, "online") if offline_fraction < 1 else None
+    result = train_policy(
+        testbed / "base_model",
+        work,
+        config,
+        online=online,
+        pairs=pairs if offline_fraction > 0 else None,
+        resume=True,
+    )
+    assert result.model_dir is not None
+    return result.model_dir
+
+
+def train_sft(testbed: Path, work: Path, config: MBPOConfig) -> Path:
+    """Teacher-forced NLL of the ground-truth answer on the `sft` split, full fine-tuning with the
+    vision tower frozen, for as many sequences as a GRPO row trains on."""
+    import numpy as np
+    from PIL import Image
+
+    from mbpo_core.models import load_adapter
+    from mbpo_core.training.session import freeze_vision_tower
+
+    target = work / "model"
+    if (target / "config.json").exists():
+        return target
+    adapter = load_adapter(testbed / "base_model")
+    model = adapter.model.train()
+    freeze_vision_tower(model)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.train.learning_rate
+    )
+    path = manifest(testbed, "sft")
+    samples = read_manifest(path)
+    rng = random.Random(config.seed)
+    batch_size = config.train.prompts_per_step * config.train.num_generations
+    for _ in range(config.train.max_steps):
+        batch = rng.sample(samples, min(batch_size, len(samples)))
+        by_size: dict[tuple[int, int], list[Any]] = {}
+        images = {}
+        for s in batch:
+            img = Image.open(resolve_image_path(path.parent, s.image)).convert("RGB")
+            images[s.id] = np.asarray(img)
+            by_size.setdefault(img.size, []).append(s)
+        optimizer.zero_grad()
+        for group in by_size.values():
+            pixels = torch.from_numpy(np.stack([images[s.id] for s in group])).float() / 255.0
+            logp, n_tokens = adapter.answer_logprobs(
+                pixels, [s.question for s in group], [s.answer for s in group]
+            )
+            loss = -(logp.sum() / n_tokens.sum()) * len(group) / batch_size
+            loss.backward()
+        optimizer.step()
+    model.eval()
+    model.save_pretrained(target)
+    adapter.processor.save_pretrained(target)
+    return target
+
+
+def random_wrong_answer(rng: random.Random, task: str, answer: str, choices: tuple[str, ...]) -> str:
+    """A wrong answer of the task's answer space, drawn at random."""
+    from mbpo_core.verifiers import choice_letter, parse_answer
+
+    if task == "yes_no":
+        return "no" if parse_answer(task, answer) == "yes" else "yes"
+    if task == "multiple_choice":
+        truth = parse_answer(task, answer, choices)
+        wrong = [c for i, c in enumerate(choices) if choice_letter(i) != truth]
+        return rng.choice(wrong)
+    value = float(parse_answer(task, answer) or 0.0)
+    return str(int(value) + rng.choice([-2, -1, 1, 2]) if value >= 2 else int(value) + rng.choice([1, 2]))
+
+
+def train_dpo_random(testbed: Path, work: Path, config: MBPOConfig, n_pairs: int) -> Path:
+    """TRL's DPOTrainer on random pool samples with random wrong answers as the rejected side."""
+    from datasets import Dataset
+    from datasets import Image as DatasetImage
+    from trl import DPOConfig, DPOTrainer
+
+    from mbpo_core.models import load_adapter
+    from mbpo_core.training.session import freeze_vision_tower
+
+    target = work / "model"
+    if (target / "config.json").exists():
+        return target
+    path = manifest(testbed, "offline")
+    rng = random.Random(config.seed)
+    samples = rng.sample(read_manifest(path), min(n_pairs, len(read_manifest(path))))
+    rows = {
+        "prompt": [
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.question}]}]
+            for s in samples
+        ],
+        "chosen": [[{"role": "assistant", "content": [{"type": "text", "text": s.answer}]}] for s in samples],
+        "rejected": [
+            [
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": random_wrong_answer(rng, s.task, s.answer, s.choices)}
+                    ],
+                }
+            ]
+            for s in samples
+        ],
+        "images": [[str(resolve_image_path(path.parent, s.image))] for s in samples],
+    }
+    dataset = Dataset.from_dict(rows).cast_column("images", [DatasetImage(mode="RGB")])
+    adapter = load_adapter(testbed / "base_model")
+    adapter.processor.tokenizer.padding_side = "left"
+    freeze_vision_tower(adapter.model)
+    batch = config.train.prompts_per_step * config.train.num_generations // 2  # a pair = 2 sequences
+    args = DPOConfig(
+        output_dir=str(work / "dpo"),
+        max_steps=config.train.max_steps,
+        per_device_train_batch_size=batch,
+        learning_rate=config.train.learning_rate,
+        beta=0.1,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10,
+        seed=config.seed,
+        disable_tqdm=True,
+    )
+    trainer = DPOTrainer(
+        model=adapter.model, args=args, train_dataset=dataset, processing_class=adapter.processor
+    )
+    trainer.train()
+    adapter.model.save_pretrained(target)
+    adapter.processor.save_pretrained(target)
+    return target
+
+
+# --- evaluation and the table -------------------------------------------------------------------
+
+
+def evaluate(
+    model_dir: Path, testbed: Path, config: MBPOConfig, limit: int | None
+) -> dict[str, dict[str, float]]:
+    from mbpo_core.evaluation import evaluate_manifest
+    from mbpo_core.models import load_adapter
+
+    adapter = load_adapter(model_dir)
+    return {
+        split: evaluate_manifest(
+            adapter, manifest(testbed, split), limit=limit, seed=config.seed, batch_size=64, max_new_tokens=4
+        ).metrics
+        for split in SPLITS
+    }
+
+
+def run_cell(row: str, seed: int, testbed: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from mbpo_core.mining import mine
+    from mbpo_core.models import load_adapter
+
+    config = base_config(seed, args.steps)
+    work = args.out / f"seed-{seed}"
+    pairs = work / "mining" / "pairs.jsonl"
+    if row in ("offline_only", "mbpo") and not (work / "mining" / "summary.json").exists():
+        mine(load_adapter(testbed / "base_model"), manifest(testbed, "offline"), work / "mining", config)
+    start = time.perf_counter()
+    if row == "base":
+        model_dir = testbed / "base_model"
+    elif row == "sft":
+        model_dir = train_sft(testbed, work / row, config)
+    elif row == "dpo_random":
+        model_dir = train_dpo_random(testbed, work / row, config, n_pairs=config.mining.limit or 200)
+    else:
+        fraction = {"grpo_online": 0.0, "offline_only": 1.0, "mbpo": 0.5}[row]
+        model_dir = train_hybrid(testbed, work / row, config, fraction, pairs)
+    train_s = time.perf_counter() - start
+    metrics = evaluate(model_dir, testbed, config, args.eval_limit)
+    return {"seed": seed, "row": row, "train_s": train_s, "metrics": metrics}
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown: rows x (F1 / accuracy / yes-ratio per POPE split, VQA accuracy, mean IIG), in %,
+    mean ± std over seeds; plus the unparsable rate (the collapse check)."""
+    header = ["row", "seeds"]
+    for split in SPLITS[:3]:
+        header += [f"{split} F1", f"{split} acc", f"{split} yes"]
+    header += ["vqa acc", "IIG (adv)", "max unparsable"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in ROWS:
+        cells = [r for r in results if r["row"] == row]
+        if not cells:
+            continue
+        out = [row, str(len(cells))]
+        for split in SPLITS[:3]:
+            for key in ("f1", "accuracy", "yes_ratio"):
+                out.append(mean_std([c["metrics"][split][key] for c in cells]))
+        out.append(mean_std([c["metrics"]["vqa"]["accuracy"] for c in cells]))
+        iig = [c["metrics"]["pope_adversarial"]["iig_mean"] for c in cells]
+        out.append(f"{statistics.mean(iig):.3f}")
+        out.append(mean_std([max(c["metrics"][s]["unparsable_rate"] for s in SPLITS[:3]) for c in cells]))
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--testbed", choices=("quick", "full"), default="quick")
+    parser.add_argument(
+        "--testbed-dir", type=Path, default=None, help="an already built testbed for the first seed"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--steps", type=int, default=60, help="optimiser steps of every trained row")
+    parser.add_argument("--eval-limit", type=int, default=None, help="samples per eval split (balanced)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--doc", type=Path, default=None, help="print the table into this markdown file's marker"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "results.jsonl"
+    done = {(r["seed"], r["row"]) for r in load_results(results_path)}
+    for seed in args.seeds:
+        testbed = testbed_dir(args, seed)
+        for row in args.rows:
+            if (seed, row) in done:
+                continue
+            try:
+                cell = run_cell(row, seed, testbed, args)
+            except Exception as exc:  # a failing row must not lose the others; it is reported
+                cell = {"seed": seed, "row": row, "error": f"{type(exc).__name__}: {exc}"}
+            with results_path.open("a") as f:
+                f.write(json.dumps(cell) + "\n")
+            print(json.dumps({k: v for k, v in cell.items() if k != "metrics"}), flush=True)
+    results = [r for r in load_results(results_path) if "metrics" in r]
+    print(table(results))
+    if args.doc:
+        marker = "<!-- ablation-table -->"
+        text = args.doc.read_text()
+        start, end = text.index(marker), text.index(marker, text.index(marker) + 1)
+        args.doc.write_text(text[: start + len(marker)] + "\n" + table(results) + "\n" + text[end:])
+
+
+if __name__ == "__main__":
+    main()
