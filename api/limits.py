@@ -14,6 +14,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Liveness must answer even when the process is saturated.
 EXEMPT_PATHS = frozenset({"/healthz"})
+# Event streams stay open for hours and hold no database connection between their short reads
+# (each takes its own session briefly): an admission slot each would let idle streams starve the API.
+EXEMPT_SUFFIXES = ("/events/stream",)
 
 
 class InFlightLimit:
@@ -23,7 +26,8 @@ class InFlightLimit:
         self._semaphore: anyio.Semaphore | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in EXEMPT_PATHS or path.endswith(EXEMPT_SUFFIXES):
             await self.app(scope, receive, send)
             return
         if self._semaphore is None:  # created inside the running event loop
