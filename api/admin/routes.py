@@ -38,6 +38,14 @@ from api.models.schemas import ModelRead
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
 _THUMBNAIL_NAME = re.compile(r"^[0-9a-f]{20}\.jpg$")
+_IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+}
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -229,6 +237,42 @@ async def dataset_thumbnail(
     if not path.is_file():
         raise NotFound("no such thumbnail")
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/datasets/{dataset_id}/samples.json")
+def dataset_samples(
+    viewer: ViewerDep, session: SessionDep, settings: SettingsDep, dataset_id: str
+) -> dict[str, Any]:
+    """The first samples of a dataset for the spot-check picker: question, answer, image links."""
+    row = datasets_service.get_dataset(session, viewer.principal, dataset_id)
+    base = f"/admin/datasets/{quote(row.id)}"
+    return {
+        "samples": [
+            {
+                "id": p.sample.id,
+                "question": p.sample.question,
+                "answer": p.sample.answer,
+                "task": p.sample.task,
+                "thumbnail_url": f"{base}/thumbnails/{p.thumbnail}" if p.thumbnail else None,
+                "image_url": f"{base}/samples/{quote(p.sample.id, safe='')}/image",
+            }
+            for p in datasets_service.preview_samples(settings, row, limit=48)
+        ]
+    }
+
+
+@router.get("/datasets/{dataset_id}/samples/{sample_id}/image")
+def dataset_sample_image(
+    viewer: ViewerDep, session: SessionDep, settings: SettingsDep, dataset_id: str, sample_id: str
+) -> Response:
+    row = datasets_service.get_dataset(session, viewer.principal, dataset_id)
+    path = datasets_service.sample_image_path(row, sample_id)
+    # Only image types, with the type fixed here: a file of an unvalidated dataset must never be
+    # served as HTML or script from our origin.
+    media_type = _IMAGE_TYPES.get(path.suffix.lower())
+    if media_type is None:
+        raise NotFound(f"sample {sample_id} has no image of a known type")
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
 
 # --- API keys ----------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from api.errors import NotFound, Unprocessable
 from api.jobs import JobQueue, TaskName
 from api.paths import resolve_allowed_path
 from api.settings import Settings
-from mbpo_core.manifest import ManifestSample, iter_manifest
+from mbpo_core.manifest import ManifestError, ManifestSample, iter_manifest, resolve_image_path
 
 
 def _manifest_location(resolved: Path) -> tuple[Path, str]:
@@ -157,3 +157,20 @@ def preview_samples(settings: Settings, dataset: Dataset, *, limit: int) -> list
             if len(out) >= limit:
                 break
     return out
+
+
+def sample_image_path(dataset: Dataset, sample_id: str) -> Path:
+    """The image file of one valid sample, resolved inside the dataset directory (never outside)."""
+    root = Path(dataset.root_path)
+    manifest = root / dataset.manifest_name
+    if manifest.is_file():
+        for _, item in iter_manifest(manifest):
+            if isinstance(item, ManifestSample) and item.id == sample_id:
+                try:
+                    path = resolve_image_path(root, item.image, line=item.line)
+                except ManifestError:
+                    break
+                if path.is_file():
+                    return path
+                break
+    raise NotFound(f"sample {sample_id} of dataset {dataset.id} has no image")

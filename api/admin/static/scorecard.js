@@ -1,0 +1,78 @@
+/* Scorecard: base vs aligned on every evaluation split, as a table and as bar charts. */
+(function () {
+  "use strict";
+  var M = window.MBPO, el = M.el, C = window.MBPOCharts;
+  var runId = document.body.dataset.runId;
+  var METRICS = [
+    ["accuracy", "Accuracy", true], ["f1", "F1", true], ["precision", "Precision", true], ["recall", "Recall", true],
+    ["yes_ratio", "Yes ratio", null], ["iig_mean", "IIG (mean)", true], ["unparsable_rate", "Unparsable", false],
+    ["attack_success_rate", "Attack success", false]
+  ];
+  var SPLIT_ORDER = ["pope_random", "pope_popular", "pope_adversarial"];
+
+  function splitOrder(a, b) {
+    var ia = SPLIT_ORDER.indexOf(a), ib = SPLIT_ORDER.indexOf(b);
+    if (ia < 0) ia = 99;
+    if (ib < 0) ib = 99;
+    return ia - ib || (a < b ? -1 : a > b ? 1 : 0);
+  }
+
+  function deltaCell(b, a, higherIsBetter) {
+    if (!M.isNum(b) || !M.isNum(a)) return el("td", { class: "num muted", text: "–" });
+    var d = a - b;
+    var cls = "num";
+    if (higherIsBetter !== null && Math.abs(d) > 1e-9) cls += (d > 0) === higherIsBetter ? " delta-up" : " delta-down";
+    return el("td", { class: cls, text: (d > 0 ? "+" : "") + M.num(d, 3) });
+  }
+
+  function render(scores) {
+    var base = scores.base || {}, aligned = scores.aligned || {};
+    var splits = Object.keys(base).concat(Object.keys(aligned).filter(function (s) { return !(s in base); })).sort(splitOrder);
+    var wrap = M.clear(document.getElementById("score-table-wrap"));
+    var chart = M.clear(document.getElementById("score-chart"));
+    if (!splits.length) {
+      wrap.appendChild(el("p", { class: "muted", text: "No evaluation scores yet: they appear when the run has finished its evaluation stage." }));
+      return;
+    }
+    var used = METRICS.filter(function (m) {
+      return splits.some(function (s) { return M.isNum((base[s] || {})[m[0]]) || M.isNum((aligned[s] || {})[m[0]]); });
+    });
+    var head = el("tr", {}, el("th", { text: "Split" }), el("th", { text: "Metric" }), el("th", { class: "num", text: "Base" }),
+      el("th", { class: "num", text: "Aligned" }), el("th", { class: "num", text: "Δ" }));
+    var tbody = el("tbody");
+    splits.forEach(function (split) {
+      var b = base[split] || {}, a = aligned[split] || {};
+      var rows = used.filter(function (m) { return M.isNum(b[m[0]]) || M.isNum(a[m[0]]); });
+      rows.forEach(function (m, i) {
+        tbody.appendChild(el("tr", {},
+          i === 0 ? el("td", { rowspan: String(rows.length), class: "mono" }, split, M.isNum(b.n) ? el("div", { class: "muted small", text: "n = " + b.n }) : null) : null,
+          el("td", { text: m[1] }),
+          el("td", { class: "num", text: M.num(b[m[0]], 3) }),
+          el("td", { class: "num", text: M.num(a[m[0]], 3) }),
+          deltaCell(b[m[0]], a[m[0]], m[2])));
+      });
+    });
+    wrap.appendChild(el("table", { class: "table compact", id: "score-table" }, el("thead", {}, head), tbody));
+
+    var main = used.some(function (m) { return m[0] === "f1"; }) ? "f1" : "accuracy";
+    var label = main === "f1" ? "F1" : "Accuracy";
+    var groups = splits.map(function (s) {
+      return { label: s.replace(/^pope_/, "POPE "), values: [(base[s] || {})[main], (aligned[s] || {})[main]] };
+    });
+    chart.appendChild(C.barChart(label + " per split (higher is better)", groups, ["base", "aligned"], { max: 1 }));
+    if (used.some(function (m) { return m[0] === "iig_mean"; })) {
+      var iig = splits.map(function (s) {
+        return { label: s.replace(/^pope_/, "POPE "), values: [(base[s] || {}).iig_mean, (aligned[s] || {}).iig_mean] };
+      });
+      chart.appendChild(C.barChart("Mean IIG per split (modality balance: higher = looks more)", iig, ["base", "aligned"]));
+    }
+  }
+
+  M.api("/v1/runs/" + encodeURIComponent(runId)).then(function (r) {
+    document.querySelector("h1").textContent = "Scorecard: " + (r.name || r.id);
+    var scores = r.scores || (r.results && r.results.evaluating) || {};
+    render(scores);
+  }).catch(function (err) {
+    M.clear(document.getElementById("score-table-wrap")).appendChild(el("p", { class: "alert alert-error", text: err.message }));
+  });
+})();
