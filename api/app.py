@@ -7,6 +7,7 @@ import logging
 from fastapi import APIRouter, Depends, FastAPI
 
 from api.admin import mount_admin
+from api.auth.cache import AuthCache
 from api.chat.routes import router as chat_router
 from api.datasets.routes import router as datasets_router
 from api.db.session import get_session_factory
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Preference Optimization. Every /v1 route needs `Authorization: Bearer <API key>`.",
     )
     app.state.settings = settings
+    app.state.auth_cache = AuthCache()
     app.state.session_factory = get_session_factory(
         settings.sqlalchemy_url, settings.db_pool_size, settings.db_max_overflow
     )

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.auth.cache import AuthCache
 from api.auth.service import Principal, authenticate
 from api.auth.sessions import (
     CSRF_HEADER,
@@ -108,10 +109,15 @@ def get_principal(
         return _browser_principal(request, factory, secret)
     if credentials.scheme.lower() != "bearer":
         raise Unauthorized()
+    cache: AuthCache = request.app.state.auth_cache
+    principal = cache.get(credentials.credentials)
+    if principal is not None:
+        return principal
     with factory.begin() as session:
         principal = authenticate(session, credentials.credentials)
     if principal is None:
         raise Unauthorized()
+    cache.put(credentials.credentials, principal)
     return principal
 
 

@@ -79,3 +79,24 @@ def test_revoked_key_is_refused(
 def test_health_routes_need_no_key(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/openapi.json").status_code == 200
+
+
+def test_revocation_takes_effect_within_the_auth_cache_ttl(
+    app: FastAPI, client: TestClient, alice: KeyFor, session_factory: sessionmaker[Session]
+) -> None:
+    import time
+
+    from api.auth.cache import AuthCache
+    from api.db.base import utcnow
+
+    app.state.auth_cache = AuthCache(ttl=0.5)
+    assert client.get("/v1/datasets", headers=alice.headers).status_code == 200
+    with session_factory.begin() as session:
+        session.scalars(select(ApiKey)).one().revoked_at = utcnow()
+    # Trusted from the cache for at most ttl seconds, then the database says no.
+    assert client.get("/v1/datasets", headers=alice.headers).status_code == 200
+    time.sleep(0.6)
+    assert client.get("/v1/datasets", headers=alice.headers).status_code == 401
+
+    app.state.auth_cache = AuthCache(ttl=0)  # disabled: every request asks the database
+    assert client.get("/v1/datasets", headers=alice.headers).status_code == 401
