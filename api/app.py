@@ -7,6 +7,7 @@ import logging
 from fastapi import APIRouter, Depends, FastAPI
 
 from api.admin import mount_admin
+from api.artefacts.routes import router as artefacts_router
 from api.auth.cache import AuthCache
 from api.chat.routes import router as chat_router
 from api.datasets.routes import router as datasets_router
@@ -16,6 +17,7 @@ from api.errors import register_error_handlers
 from api.health.routes import router as health_router
 from api.limits import InFlightLimit
 from api.models.routes import router as models_router
+from api.runs.routes import router as runs_router
 from api.settings import Settings, get_settings
 from api.spotchecks.routes import router as spot_checks_router
 
@@ -48,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(get_principal, scope="function")])
     v1.include_router(datasets_router)
     v1.include_router(models_router)
+    v1.include_router(runs_router)
+    v1.include_router(artefacts_router)
     v1.include_router(chat_router)
     v1.include_router(spot_checks_router)
     app.include_router(v1)

@@ -1,0 +1,1 @@
+"""/v1/artefacts: files a run produced (mined-pair images, reports), served to their owner."""

@@ -1,0 +1,1 @@
+"""/v1/runs: launch, inspect, cancel and resume MBPO alignment runs."""

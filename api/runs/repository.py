@@ -1,0 +1,82 @@
+"""Every run query (events live in api.events.store)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session
+
+from api.auth.service import Principal
+from api.db.models import Artefact, Checkpoint, Run, RunMetric
+
+
+class RunRepository:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def add(self, run: Run) -> Run:
+        self.session.add(run)
+        self.session.flush()
+        return run
+
+    def get_visible(self, run_id: str, principal: Principal) -> Run | None:
+        stmt = select(Run).where(Run.id == run_id)
+        if not principal.is_admin:
+            stmt = stmt.where(Run.owner_id == principal.user_id)
+        return self.session.scalar(stmt)
+
+    def get_by_idempotency_key(self, owner_id: str, key: str) -> Run | None:
+        return self.session.scalar(select(Run).where(Run.owner_id == owner_id, Run.idempotency_key == key))
+
+    def list_visible(
+        self, principal: Principal, *, status: Sequence[str] | None, before: str | None, limit: int
+    ) -> Sequence[Run]:
+        stmt = select(Run).order_by(Run.id.desc()).limit(limit)
+        if not principal.is_admin:
+            stmt = stmt.where(Run.owner_id == principal.user_id)
+        if status:
+            stmt = stmt.where(Run.status.in_(list(status)))
+        if before is not None:
+            stmt = stmt.where(Run.id < before)
+        return self.session.scalars(stmt).all()
+
+    def update_if(self, run_id: str, conditions: Sequence[Any], values: dict[str, Any]) -> bool:
+        """A conditional UPDATE of one run; True when it matched (the state was as expected)."""
+        result = self.session.execute(
+            update(Run).where(Run.id == run_id, *conditions).values(**values),
+            execution_options={"synchronize_session": False},
+        )
+        assert isinstance(result, CursorResult)
+        return result.rowcount == 1
+
+    def metrics(self, run_id: str) -> Sequence[RunMetric]:
+        stmt = select(RunMetric).where(RunMetric.run_id == run_id).order_by(RunMetric.name, RunMetric.step)
+        return self.session.scalars(stmt).all()
+
+    def checkpoints(self, run_id: str) -> Sequence[Checkpoint]:
+        stmt = (
+            select(Checkpoint)
+            .where(Checkpoint.run_id == run_id, Checkpoint.complete.is_(True))
+            .order_by(Checkpoint.step)
+        )
+        return self.session.scalars(stmt).all()
+
+    def checkpoint(self, run_id: str, step: int) -> Checkpoint | None:
+        return self.session.scalar(
+            select(Checkpoint).where(
+                Checkpoint.run_id == run_id, Checkpoint.step == step, Checkpoint.complete.is_(True)
+            )
+        )
+
+    def artefacts(self, run_id: str) -> Sequence[Artefact]:
+        return self.session.scalars(
+            select(Artefact).where(Artefact.run_id == run_id).order_by(Artefact.created_at)
+        ).all()
+
+    def artefact_of_kind(self, run_id: str, kind: str) -> Artefact | None:
+        return self.session.scalar(select(Artefact).where(Artefact.run_id == run_id, Artefact.kind == kind))
+
+    def artefact(self, artefact_id: str) -> Artefact | None:
+        return self.session.get(Artefact, artefact_id)
