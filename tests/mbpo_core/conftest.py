@@ -1,57 +1,26 @@
 """Fixtures shared by every mbpo_core test package.
 
-`quick_testbed`: the `--quick` testbed (datasets + trained base model), built once and cached on disk
-under `.testbed-cache/<hash>` (or `$MBPO_TESTBED_CACHE/<hash>`), keyed by the source files that
-determine its contents and the seed, so repeated local runs reuse it and a code change rebuilds it.
+`quick_testbed`: the `--quick` testbed (datasets + trained base model), built once and cached on
+disk (see tests.helpers.testbed, which the browser tests share).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-QUICK_TESTBED_SEED = 0
-# Everything that decides the quick testbed's files: scenes, splits, training, and the model code.
-_SOURCES = ("mbpo_core/testbed", "mbpo_core/models", "mbpo_core/verifiers.py", "mbpo_core/manifest.py")
+from tests.helpers.testbed import (  # re-exported: tests import these from here
+    QUICK_TESTBED_SEED,
+    build_quick_testbed,
+    quick_testbed_path,
+    testbed_source_hash,
+)
 
-
-def testbed_source_hash(seed: int) -> str:
-    digest = hashlib.sha256(f"quick-seed-{seed}".encode())
-    for source in _SOURCES:
-        path = REPO / source
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for file in files:
-            digest.update(str(file.relative_to(REPO)).encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def build_quick_testbed(cache_root: Path, seed: int = QUICK_TESTBED_SEED) -> Path:
-    """Path of the cached quick testbed, building it first if absent. Concurrent sessions build in
-    private directories and the first to finish publishes by rename; the others reuse it."""
-    from mbpo_core.testbed.build import BuildSpec, build_testbed
-
-    target = cache_root / testbed_source_hash(seed)
-    if (target / "build_report.json").is_file():
-        return target
-    cache_root.mkdir(parents=True, exist_ok=True)
-    private = cache_root / f"{target.name}.building-{os.getpid()}"
-    shutil.rmtree(private, ignore_errors=True)
-    build_testbed(private, BuildSpec.quick(seed))
-    try:
-        private.rename(target)
-    except OSError:  # another session published first
-        shutil.rmtree(private, ignore_errors=True)
-    return target
+__all__ = ["QUICK_TESTBED_SEED", "build_quick_testbed", "quick_testbed", "testbed_source_hash"]
 
 
 @pytest.fixture(scope="session")
 def quick_testbed() -> Path:
     """Root of the quick testbed: `datasets/<split>/manifest.jsonl`, `base_model/`, `build_report.json`."""
-    cache_root = Path(os.environ.get("MBPO_TESTBED_CACHE") or REPO / ".testbed-cache")
-    return build_quick_testbed(cache_root)
+    return quick_testbed_path()
