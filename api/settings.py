@@ -104,7 +104,9 @@ class Settings(BaseSettings):
         description="Longest wait for a worker's next reply (model loading included) before a 504.",
     )
     inference_cache_bytes: int = Field(
-        8 * 1024 * MiB, ge=1, description="Weights an inference worker keeps loaded; least recently used evicted."
+        8 * 1024 * MiB,
+        ge=1,
+        description="Weights an inference worker keeps loaded; least recently used evicted.",
     )
     inference_max_batch: int = Field(
         16, ge=1, description="Most waiting requests for one model decoded together by an inference worker."
