@@ -12,12 +12,13 @@ import pytest
 
 from tests.helpers.testbed import (  # re-exported: tests import these from here
     QUICK_TESTBED_SEED,
+    REPO,
     build_quick_testbed,
     quick_testbed_path,
     testbed_source_hash,
 )
 
-__all__ = ["QUICK_TESTBED_SEED", "build_quick_testbed", "quick_testbed", "testbed_source_hash"]
+__all__ = ["QUICK_TESTBED_SEED", "REPO", "build_quick_testbed", "quick_testbed", "testbed_source_hash"]
 
 
 @pytest.fixture(scope="session")

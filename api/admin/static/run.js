@@ -13,10 +13,10 @@
   var run = null;
   var source = null;
   var metricsTimer = null, runTimer = null;
-  var KNOWN_EVENTS = ["message", "run_created", "run_queued", "run_started", "stage_started", "stage_finished",
-    "stage_completed", "progress", "metrics", "checkpoint", "checkpoint_saved", "log", "warning", "error",
-    "run_succeeded", "run_failed", "run_cancelled", "run_cancelling", "cancel_requested", "run_resumed", "resumed",
-    "evaluation", "mining_summary", "ping"];
+  // The stream names each event by its type; EventSource needs a listener per name.
+  var KNOWN_EVENTS = ["message", "run_queued", "run_started", "run_resumed", "run_requeued", "stage_started",
+    "stage_progress", "stage_completed", "train_step", "checkpoint_saved", "cancel_requested", "run_succeeded",
+    "run_failed", "run_cancelled", "run_finished", "mining_summary", "eval_report", "metrics", "progress"];
   var TERMINAL = ["succeeded", "failed", "cancelled"];
 
   function renderTimeline(r) {
