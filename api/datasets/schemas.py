@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,7 +44,7 @@ class DatasetRead(BaseModel):
     validated_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: Any) -> DatasetRead:
+    def from_row(cls, row: Any) -> Self:
         out = cls.model_validate(row)
         if row.error_code:
             out.error = ErrorInfo(code=row.error_code, message=row.error_message or "")
@@ -55,10 +55,3 @@ class DatasetDetail(DatasetRead):
     report: dict[str, Any] | None = Field(
         None, description="Validation report: counts, and every problem with its line number and reason."
     )
-
-    @classmethod
-    def from_row(cls, row: Any) -> DatasetDetail:
-        out = cls.model_validate(row)
-        if row.error_code:
-            out.error = ErrorInfo(code=row.error_code, message=row.error_message or "")
-        return out
