@@ -36,7 +36,7 @@ CHROMIUM_FLAGS = [
 ]
 ARTIFACTS = services.REPO_ROOT / "test-artifacts" / "ui"
 WIDTHS = (1280, 800)
-SPLITS = ("offline", "online", "pope_random", "pope_adversarial")
+SUBSET_SIZES = {"offline": 40, "online": 32, "pope_random": 16, "pope_adversarial": 16}
 
 
 def _chromium_or_skip() -> str:
@@ -53,6 +53,7 @@ def _chromium_or_skip() -> str:
 class Service:
     url: str
     home: Path
+    roots: Path  # an allowed data root the tests write datasets into
     log: Path
     key: str
     model_id: str = ""
@@ -74,23 +75,24 @@ class Service:
 
 
 def _register_testbed(service: Service, testbed: Path) -> None:
+    """The testbed's base model and small subsets of its splits (runs finish in a few minutes)."""
+    from tests.helpers.runs import write_subset
+
     service.model_id = service.post(
         "/v1/models", {"name": "testbed base", "path": str(testbed / "base_model")}
     )["id"]
-    for split in SPLITS:
-        row = service.post(
-            "/v1/datasets", {"name": f"testbed {split}", "path": str(testbed / "datasets" / split)}
-        )
-        service.datasets[split] = row["id"]
+    for split, n in SUBSET_SIZES.items():
+        path = write_subset(testbed, split, service.roots / split, n)
+        service.datasets[split] = service.post(
+            "/v1/datasets", {"name": f"testbed {split}", "path": str(path)}
+        )["id"]
     for split, dataset_id in service.datasets.items():
-        body = services.wait_for(
-            lambda dataset_id=dataset_id: (
-                (b := service.get(f"/v1/datasets/{dataset_id}"))["status"] != "validating" and b
-            ),
-            timeout=180,
-            interval=0.5,
-            what=f"validation of {split}",
-        )
+
+        def validated(dataset_id: str = dataset_id) -> dict[str, Any] | None:
+            body: dict[str, Any] = service.get(f"/v1/datasets/{dataset_id}")
+            return None if body["status"] == "validating" else body
+
+        body = services.wait_for(validated, timeout=180, interval=0.5, what=f"validation of {split}")
         assert body["status"] == "ready", body
 
 
@@ -124,7 +126,7 @@ def service(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     try:
         services.wait_for(up, timeout=120, interval=0.5, what="mbpo serve")
         services.wait_for(lambda: "ready." in log.read_text(errors="replace"), timeout=120, what="worker")
-        yield Service(url=url, home=home, log=log, key=(home / "admin_key").read_text().strip())
+        yield Service(url=url, home=home, roots=base, log=log, key=(home / "admin_key").read_text().strip())
     finally:
         services.stop_process_group(proc)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -188,32 +190,35 @@ def _on_dialog(tab: Tab, dialog: Any) -> None:
     dialog.dismiss()
 
 
+def make_tab(browser: Any, service: Service, width: int = 1280, login: bool = True) -> Tab:
+    """A new browser context (its own cookies) and page; logged in unless `login` is False."""
+    context = browser.new_context(viewport={"width": width, "height": 900}, base_url=service.url)
+    page = context.new_page()
+    tab = Tab(page, width)
+    page.on(
+        "console", lambda m: tab.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+    )
+    page.on("pageerror", lambda e: tab.problems.append(f"page error: {e}"))
+    page.on("dialog", lambda d: _on_dialog(tab, d))
+    page.on(
+        "response", lambda r: tab.problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None
+    )
+    if login:
+        page.goto("/admin/login")
+        page.fill("#api_key", service.key)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/admin/runs")
+    return tab
+
+
 @pytest.fixture
 def open_tab(browser: Any, service: Service) -> Iterator[Callable[..., Tab]]:
-    contexts: list[Any] = []
+    tabs: list[Tab] = []
 
     def make(width: int = 1280, login: bool = True) -> Tab:
-        context = browser.new_context(viewport={"width": width, "height": 900}, base_url=service.url)
-        contexts.append(context)
-        page = context.new_page()
-        tab = Tab(page, width)
-        page.on(
-            "console",
-            lambda m: tab.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
-        )
-        page.on("pageerror", lambda e: tab.problems.append(f"page error: {e}"))
-        page.on("dialog", lambda d: _on_dialog(tab, d))
-        page.on(
-            "response",
-            lambda r: tab.problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None,
-        )
-        if login:
-            page.goto("/admin/login")
-            page.fill("#api_key", service.key)
-            page.click("button[type=submit]")
-            page.wait_for_url("**/admin/runs")
-        return tab
+        tabs.append(make_tab(browser, service, width, login))
+        return tabs[-1]
 
     yield make
-    for context in contexts:
-        context.close()
+    for tab in tabs:
+        tab.page.context.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -84,7 +85,7 @@ def test_pages_send_a_strict_content_security_policy(open_tab: Callable[..., Tab
 def test_dataset_upload_shows_the_report_with_line_numbers_and_names_as_text(
     open_tab: Callable[..., Tab], tmp_path: Path
 ) -> None:
-    rows = [
+    rows: list[dict[str, Any] | str] = [
         *ds.good_samples()[:4],
         "{not json",
         {**ds.good_samples()[0], "id": "s9", "image": "../../etc/passwd"},

@@ -20,7 +20,8 @@
   function listUrl(after) {
     var q = new URLSearchParams({ limit: "50" });
     var status = statusSel.value;
-    if (status && status !== "active") q.set("status", status);
+    if (status === "active") M.ACTIVE.forEach(function (st) { q.append("status", st); });
+    else if (status) q.set("status", status);
     if (after) q.set("cursor", after);
     return "/v1/runs?" + q.toString();
   }

@@ -48,14 +48,19 @@
   }
 
   function loadModels() {
-    return M.api("/v1/models").then(function (body) {
-      var list = (body && body.data) || [];
+    // Base models from the model listing, and every finished run's published checkpoint.
+    var models = M.api("/v1/models").then(function (b) { return (b && b.data) || []; });
+    var runs = M.api("/v1/runs?status=succeeded&limit=50").then(function (b) { return (b && b.data) || []; }).catch(function () { return []; });
+    return Promise.all([models, runs]).then(function (res) {
+      var entries = [], seen = {};
+      res[0].forEach(function (m) { entries.push({ name: modelName(m), label: modelLabel(m) }); });
+      res[1].forEach(function (r) { entries.push({ name: "run:" + r.id, label: (r.name || r.id) + " (aligned, latest checkpoint)" }); });
       var box = M.clear($("spot-models"));
-      if (!list.length) { box.appendChild(el("p", { class: "muted", text: "No models available." })); return; }
-      list.forEach(function (m, i) {
-        var name = modelName(m);
+      entries = entries.filter(function (e) { if (seen[e.name]) return false; seen[e.name] = true; return true; });
+      if (!entries.length) { box.appendChild(el("p", { class: "muted", text: "No models available." })); return; }
+      entries.forEach(function (e, i) {
         box.appendChild(el("label", { class: "check" },
-          el("input", { type: "checkbox", name: "models", value: name, checked: i < 3 }), " ", modelLabel(m)));
+          el("input", { type: "checkbox", name: "models", value: e.name, checked: i < 2 }), " ", e.label));
       });
     }).catch(function (err) { M.clear($("spot-models")).appendChild(el("p", { class: "alert alert-error", text: err.message })); });
   }
@@ -101,7 +106,7 @@
   }
 
   function resultCard(r) {
-    var followsPrior = r.answer !== undefined && same(r.answer, r.null_answer);
+    var followsPrior = typeof r.same_as_prior === "boolean" ? r.same_as_prior : (r.answer !== undefined && same(r.answer, r.null_answer));
     return el("div", { class: "answer-card" + (followsPrior ? " prior" : "") },
       el("h3", { text: r.model || "?" }),
       r.error ? el("p", { class: "alert alert-error", text: (r.error.message || r.error) }) : [
@@ -126,6 +131,11 @@
     $("spot-result").hidden = false;
   }
 
+  function thumbOf(c) {
+    var t = (c.image && c.image.thumbnail) || c.thumbnail;
+    return typeof t === "string" && t.indexOf("data:image/") === 0 ? t : null;
+  }
+
   function loadHistory() {
     return M.api("/v1/spot-checks?limit=20").then(function (body) {
       var list = Array.isArray(body) ? body : (body.data || []);
@@ -136,7 +146,7 @@
           return el("span", { class: "tag", text: (r.model || "?") + ": " + (r.error ? "error" : r.answer) + (r.error ? "" : " (prior: " + r.null_answer + ")") });
         });
         var item = el("div", { class: "history-item" },
-          c.thumbnail ? el("img", { src: c.thumbnail, alt: "" }) : el("div"),
+          thumbOf(c) ? el("img", { src: thumbOf(c), alt: "" }) : el("div"),
           el("div", {}, el("p", { class: "q", text: c.question }), el("div", { class: "pair-meta" }, answers),
             el("p", { class: "muted small", text: M.when(c.created_at) })));
         item.addEventListener("click", function () { renderResult(c); $("spot-result").scrollIntoView({ behavior: "smooth" }); });
