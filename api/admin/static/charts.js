@@ -65,6 +65,7 @@
     var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs);
     var y0 = Math.min.apply(null, ys), y1 = Math.max.apply(null, ys);
     if (x0 === x1) { x0 -= 1; x1 += 1; }
+    if (y0 === y1) { var pad = Math.abs(y0) * 0.1 || 1; y0 -= pad; y1 += pad; }
     var yt = niceTicks(y0, y1, 4);
     y0 = Math.min(y0, yt[0]); y1 = Math.max(y1, yt[yt.length - 1]);
     if (y0 === y1) { y0 -= 1; y1 += 1; }

@@ -54,7 +54,14 @@
     $("run-stage").textContent = r.stage || "–";
     $("run-attempt").textContent = M.isNum(r.attempt) ? String(r.attempt) + (M.isNum(r.max_attempts) ? " of " + r.max_attempts : "") : "–";
     $("run-eta").textContent = M.isActive(r.status) ? M.duration(r.eta_seconds) : "–";
-    $("run-model").textContent = r.base_model_id || "–";
+    if ($("run-model").dataset.id !== r.base_model_id) {
+      $("run-model").dataset.id = r.base_model_id;
+      $("run-model").textContent = r.base_model_id || "–";
+      M.api("/v1/models/" + encodeURIComponent(r.base_model_id)).then(function (m) {
+        $("run-model").textContent = m.name + " (" + m.family + ")";
+        $("run-model").title = r.base_model_id;
+      }).catch(function () {});
+    }
     M.setProgress(bar, r.progress, r.status);
     renderTimeline(r);
     var error = r.error || (r.error_code ? { code: r.error_code, message: r.error_message } : null);
