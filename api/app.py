@@ -15,7 +15,7 @@ from api.db.session import get_session_factory
 from api.deps import get_principal
 from api.errors import register_error_handlers
 from api.health.routes import router as health_router
-from api.limits import InFlightLimit
+from api.limits import slot_count
 from api.models.routes import router as models_router
 from api.runs.routes import router as runs_router
 from api.settings import Settings, get_settings
@@ -41,9 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.sqlalchemy_url, settings.db_pool_size, settings.db_max_overflow
     )
     register_error_handlers(app)
-    # Never more requests in flight than database connections: a request holds at most one, so
-    # none waits on the pool (and no thread sits blocked on it while holders wait for a thread).
-    app.add_middleware(InFlightLimit, limit=settings.db_pool_size + settings.db_max_overflow)
+    # Fewer request sessions than pooled connections (see api.limits).
+    app.state.db_slot_count = slot_count(settings.db_pool_size, settings.db_max_overflow)
 
     app.include_router(health_router)
     # Authentication on the router: no /v1 route can forget it.

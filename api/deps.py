@@ -24,6 +24,7 @@ from api.auth.sessions import (
 )
 from api.errors import Forbidden, Unauthorized
 from api.jobs import JobQueue, get_celery
+from api.limits import database_slot
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def get_session(
     settings: SettingsDep,
     jobs: JobQueueDep,
     factory: Annotated[sessionmaker[Session], Depends(get_session_factory)],
+    _slot: Annotated[None, Depends(database_slot, scope="function")],
 ) -> Iterator[Session]:
     """The only place that commits. Jobs are sent after the commit succeeded, never before."""
     session = factory()

@@ -1,36 +1,31 @@
-"""Admission control: a bounded number of requests in flight per process, the rest wait here.
+"""Admission control for database work: a bounded number of request sessions per process.
 
 Sync routes hop between threadpool threads (dependencies, endpoint, dependency exit) while their
-session may hold a pooled connection. If more requests entered than the pool has connections,
+session may hold a pooled connection. If more sessions were open than the pool has connections,
 threads blocked on the pool could starve the holders of the thread they need to finish: a
-deadlock broken only by the pool timeout. Admitting at most pool-capacity requests rules it out,
-and queues the excess cheaply on the event loop instead of on database connections.
+deadlock broken only by the pool timeout. So a request takes a slot before its session opens and
+gives it back after the session closed; there are fewer slots than connections, the spare one
+serving the short single-hop transactions (authentication, readiness). Requests over the limit
+wait on the event loop, holding neither a thread nor a connection. Routes that take no request
+session (event streams, chat waits) are not limited here.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import anyio
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-# Liveness must answer even when the process is saturated.
-EXEMPT_PATHS = frozenset({"/healthz"})
-# Event streams stay open for hours and hold no database connection between their short reads
-# (each takes its own session briefly): an admission slot each would let idle streams starve the API.
-EXEMPT_SUFFIXES = ("/events/stream",)
+from fastapi import Request
 
 
-class InFlightLimit:
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app = app
-        self.limit = limit
-        self._semaphore: anyio.Semaphore | None = None
+def slot_count(pool_size: int, max_overflow: int) -> int:
+    return max(pool_size + max_overflow - 1, 1)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or path in EXEMPT_PATHS or path.endswith(EXEMPT_SUFFIXES):
-            await self.app(scope, receive, send)
-            return
-        if self._semaphore is None:  # created inside the running event loop
-            self._semaphore = anyio.Semaphore(self.limit)
-        async with self._semaphore:
-            await self.app(scope, receive, send)
+
+async def database_slot(request: Request) -> AsyncIterator[None]:
+    state = request.app.state
+    semaphore: anyio.Semaphore | None = getattr(state, "db_slots", None)
+    if semaphore is None:  # created inside the running event loop, once (no await in between)
+        semaphore = state.db_slots = anyio.Semaphore(state.db_slot_count)
+    async with semaphore:
+        yield
