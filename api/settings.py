@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(
         10,
         ge=0,
-        description="Extra connections per process under load; pool + overflow also caps requests in flight.",
+        description="Extra connections per process under load; pool + overflow - 1 sessions run at once.",
     )
     session_secret: SecretStr | None = Field(
         None,
