@@ -191,7 +191,9 @@ def test_spot_check_compares_base_and_aligned(
         base_box.check()
         run_box.check()
         # Pick an image from a dataset: the thumbnail strip fills the question too.
-        page.select_option("#spot-dataset", testbed_service.datasets["pope_adversarial"])
+        dataset = testbed_service.datasets["pope_adversarial"]
+        page.wait_for_selector(f'#spot-dataset option[value="{dataset}"]', state="attached")
+        page.select_option("#spot-dataset", dataset)
         page.locator("#spot-thumbs button").first.click()
         page.wait_for_function("() => !document.getElementById('spot-preview').hidden")
         assert page.locator("#spot-question").input_value()
