@@ -89,6 +89,7 @@ class HybridGRPOTrainer(GRPOTrainer):
         )
         self.offline_ratio = offline_ratio
         self.offline_groups_per_step = offline_groups_per_step
+        self.grpo_args = args
         # The TRL arguments this subclass relies on; GRPOConfig.__post_init__ has filled them in.
         assert args.num_generations and args.steps_per_generation and args.generation_batch_size
         assert args.max_completion_length
@@ -103,6 +104,7 @@ class HybridGRPOTrainer(GRPOTrainer):
         self._local_roles = torch.empty(0, dtype=torch.long)
         self._local_fixed_answers: list[str | None] = []
         self._global_roles = torch.empty(0, dtype=torch.long)
+        self._pinned_rewards = torch.empty(0, len(self.reward_funcs))
 
     def _check_supported(self) -> None:
         groups_per_step = self.groups_per_step
@@ -126,6 +128,16 @@ class HybridGRPOTrainer(GRPOTrainer):
             < 1
         ):
             raise ValueError("with num_generations=2 every process needs an online group to sample")
+        if self.offline_ratio == "luffy" and (
+            self.importance_sampling_level != "token"
+            or self.top_entropy_quantile < 1.0
+            or self._entropy_bonus_enabled
+            or self.off_policy_mask_threshold is not None
+            or self.grpo_args.delta is not None
+        ):
+            raise ValueError(
+                "offline_ratio='luffy' implements TRL's token-level loss without its extra terms"
+            )
 
     # 1. data -------------------------------------------------------------------------------------
 
@@ -182,7 +194,8 @@ class HybridGRPOTrainer(GRPOTrainer):
         fixed = [i for i, answer in enumerate(self._local_fixed_answers) if answer is not None]
         if not fixed:
             return super()._generate(prompts)
-        sampled = [i for i in range(len(prompts)) if i not in set(fixed)]
+        fixed_rows = set(fixed)
+        sampled = [i for i in range(len(prompts)) if i not in fixed_rows]
         prompt_ids, completion_ids, tool_mask, completions, logprobs, extra, _, tool_images = (
             super()._generate([prompts[i] for i in sampled])
         )
@@ -264,6 +277,8 @@ class HybridGRPOTrainer(GRPOTrainer):
         per_token_loss = torch.where(off_policy, shaped_offline_loss(logps, advantages), sampled_loss)
         if self.beta != 0.0:
             kl = k3_kl(logps, inputs["ref_per_token_logps"])
+            if self.grpo_args.use_bias_correction_kl:  # TRL's default: KL importance-weighted by the ratio
+                kl = kl * ratio
             per_token_loss = per_token_loss + self.beta * kl
             self._metrics["train"]["kl"].append(self._global_masked_mean(kl, mask))
         num_items = (

@@ -31,7 +31,7 @@ def test_mbpo_train_writes_a_loadable_model(tiny_model_dir, tiny_data, tmp_path)
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output[result.output.rindex("{\n  \"steps\"") :])
+    summary = json.loads(result.output[result.output.rindex('{\n  "steps"') :])
     assert summary["steps"] == 2 and not summary["cancelled"]
     load_adapter(summary["model"])  # the aligned model loads like any base model
     again = CliRunner().invoke(app, [*args, "--resume"])  # already finished: resumes to the end, no-op

@@ -39,6 +39,12 @@ def _trainer(cls, model_dir: Path, out: Path, dataset, loss_type: str = "dapo", 
     if cls is HybridGRPOTrainer:
         kwargs |= {"reward_maxima": [4.0], "offline_groups_per_step": 0, **hybrid}
     trainer = cls(**kwargs)
+    # A trained adapter (LoRA B is zero at init), so the policy differs from the reference and the
+    # KL term and its gradient are not trivially zero.
+    generator = torch.Generator().manual_seed(3)
+    for name, param in trainer.model.named_parameters():
+        if "lora_B" in name:
+            param.data = torch.randn(param.shape, generator=generator) * 0.2
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     return trainer
@@ -70,6 +76,7 @@ def test_parity_with_trl_without_offline_groups(tiny_model_dir, online_dataset, 
 
     assert torch.equal(plain_batch["completion_ids"], hybrid_batch["completion_ids"])
     assert plain_batch["advantages"].abs().sum() > 0  # the comparison is not vacuous
+    assert plain._metrics["train"]["kl"][-1] > 1e-4  # nor is the KL term
     torch.testing.assert_close(hybrid_batch["advantages"], plain_batch["advantages"], rtol=0, atol=1e-6)
     torch.testing.assert_close(hybrid_loss, plain_loss, rtol=0, atol=1e-7)
     assert plain_grads.keys() == hybrid_grads.keys() and plain_grads
