@@ -96,8 +96,10 @@
     var entry = {
       pair: p,
       node: node,
+      amp: null,
       redraw: function () {
         if (!state.clean || !state.pert) return;
+        entry.amp = amplify.value;
         var maxAbs = drawDiff(diff, state.clean, state.pert, Number(amplify.value));
         diffCaption.textContent = "difference ×" + amplify.value + " (max " + maxAbs + "/255)";
       }
@@ -127,7 +129,10 @@
     cards.forEach(function (c) {
       var show = visible(c.pair);
       c.node.hidden = !show;
-      if (show) shown += 1;
+      if (show) {
+        shown += 1;
+        if (c.amp !== null && c.amp !== amplify.value) c.redraw();
+      }
     });
     countText.textContent = shown + " of " + pairs.length + " loaded pair(s) shown" + (cursor ? " · more available" : "");
     if (!pairs.length) {
