@@ -37,6 +37,7 @@ class Service:
     key: str
     base: str  # model:<id>
     run_id: str
+    broken: str  # model:<id> of a registered model whose directory has since vanished
     tiny: TinyModels
     log: Path
 
@@ -66,7 +67,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _seed_rows(factory: sessionmaker[Session], tiny: TinyModels) -> tuple[str, str, str]:
+def _seed_rows(factory: sessionmaker[Session], tiny: TinyModels) -> tuple[str, str, str, str]:
     with factory.begin() as session:
         key_row, key = create_api_key(session, user_name="alice", key_name="e2e", admin=False)
         base = BaseModelRecord(
@@ -89,7 +90,18 @@ def _seed_rows(factory: sessionmaker[Session], tiny: TinyModels) -> tuple[str, s
         session.add(Checkpoint(run_id=run.id, step=2, path=str(tiny.lora), complete=True))
         session.add(Checkpoint(run_id=run.id, step=4, path=str(tiny.merged), complete=True))
         session.add(Checkpoint(run_id=run.id, step=6, path="/half/written", complete=False))
-        return key, f"model:{base.id}", run.id
+        broken = BaseModelRecord(
+            owner_id=key_row.user_id,
+            name="moved away",
+            path=str(tiny.base.parent / "gone"),
+            family="qwen2_vl",
+            model_type="qwen2_vl",
+            architectures=[],
+            param_count=1,
+        )
+        session.add(broken)
+        session.flush()
+        return key, f"model:{base.id}", run.id, f"model:{broken.id}"
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +113,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     prefix = services.broker_prefix()
     with services.fresh_database() as db_url:
         engine = make_engine(db_url)
-        key, base, run_id = _seed_rows(make_session_factory(engine), tiny)
+        key, base, run_id, broken = _seed_rows(make_session_factory(engine), tiny)
         engine.dispose()
         env = services.service_env(
             DATABASE_URL=db_url,
@@ -122,7 +134,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         try:
             api = _start(["api", "--port", str(port)], env, root / "api.log", lambda: _healthy(url))
             try:
-                yield Service(url, key, base, run_id, tiny, worker_log)
+                yield Service(url, key, base, run_id, broken, tiny, worker_log)
             finally:
                 services.stop_process_group(api)
         finally:
@@ -150,7 +162,8 @@ def _direct(model_dir: Path, max_tokens: int) -> str:
 def test_models_list_names_base_models_and_checkpoints(service: Service) -> None:
     models = {m.id: m for m in service.client().models.list()}
     run = service.run_id
-    assert set(models) == {service.base, f"run:{run}", f"run:{run}@2", f"run:{run}@4"}  # not step 6
+    expected = {service.base, service.broken, f"run:{run}", f"run:{run}@2", f"run:{run}@4"}
+    assert set(models) == expected  # not the incomplete step 6
     assert models[f"run:{run}"].model_dump()["step"] == 4  # newest complete checkpoint
     assert models[service.base].model_dump()["kind"] == "base_model"
     assert all(m.object == "model" for m in models.values())
@@ -221,6 +234,9 @@ def test_client_errors_surface_as_openai_exceptions(service: Service) -> None:
     with pytest.raises(openai.BadRequestError) as invalid:
         client.chat.completions.create(model=service.base, messages=bad)
     assert invalid.value.code == "invalid_base64"
+    with pytest.raises(openai.InternalServerError) as unavailable:  # the worker cannot load it
+        client.chat.completions.create(model=service.broken, messages=_messages(), max_tokens=2)
+    assert unavailable.value.status_code == 503 and unavailable.value.code == "model_unavailable"
 
 
 def test_spot_check_is_answered_stored_and_listed(service: Service) -> None:

@@ -1,0 +1,260 @@
+"""Inference benchmark: the OpenAI-compatible endpoint against `generate` called in-process.
+
+    .venv/bin/python bench/inference.py [--model DIR] [--requests 40] [--duration 20]
+
+Measures, for a 16-token greedy answer about one 112x112 image:
+  - p50/p99 latency of `adapter.generate` called directly in this process;
+  - p50/p99 latency of POST /v1/chat/completions through the running service (`mbpo api` +
+    `mbpo worker --queues inference --pool threads --concurrency 16`, PostgreSQL + Redis), and the
+    ratio endpoint/direct at p50 (goal <= 1.3);
+  - time to the first streamed token (stream=true);
+  - throughput (requests/s, tokens/s) at 1, 4 and 16 concurrent clients, and the batch sizes the
+    worker formed.
+
+--model: a model directory (the testbed's `base_model/`). Default: the newest quick testbed in
+.testbed-cache, else a random-weight Qwen2-VL of the testbed's size ("small", 112 px images),
+which costs the same compute per token and always runs the full 16 tokens (it never ends its turn).
+Creates a throwaway database on the local PostgreSQL and a throwaway Redis key prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from api.auth.service import create_api_key  # noqa: E402
+from api.db.models import BaseModelRecord  # noqa: E402
+from api.db.session import make_engine, make_session_factory  # noqa: E402
+from tests.helpers import services  # noqa: E402
+from tests.helpers.inference import data_url, png_bytes  # noqa: E402
+
+QUESTION = "is there a red circle ?"
+MAX_TOKENS = 16
+IMAGE_SIZE = 112
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def pick_model(arg: str | None, scratch: Path) -> tuple[Path, str]:
+    if arg:
+        return Path(arg), "given"
+    built = sorted((REPO / ".testbed-cache").glob("*/base_model"), key=lambda p: p.stat().st_mtime)
+    if built:
+        return built[-1], "quick testbed base model"
+    from mbpo_core.models.build import build_model, build_processor
+
+    words = ["is", "there", "a", "red", "blue", "circle", "square", "yes", "no", "?"]
+    processor = build_processor("qwen2_vl", words, image_size=IMAGE_SIZE)
+    model = build_model("qwen2_vl", processor, "small", seed=0)
+    out = scratch / "model"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out, "random Qwen2-VL, testbed size (small)"
+
+
+def bench_direct(model_dir: Path, png: bytes, n: int) -> tuple[list[float], int]:
+    from mbpo_core.models import load_adapter
+    from mbpo_core.serving import pixels_from_bytes
+
+    adapter = load_adapter(model_dir)
+    pixels = pixels_from_bytes(png).unsqueeze(0)
+    answer = adapter.generate(pixels, [QUESTION], max_new_tokens=MAX_TOKENS)[0]  # warm-up
+    tokens = len(adapter.tokenizer(answer, add_special_tokens=False)["input_ids"])
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        adapter.generate(pixels, [QUESTION], max_new_tokens=MAX_TOKENS)
+        times.append(time.perf_counter() - started)
+    return times, tokens
+
+
+def body(model: str, png: bytes, stream: bool = False) -> dict[str, Any]:
+    content = [{"type": "image_url", "image_url": {"url": data_url(png)}}, {"type": "text", "text": QUESTION}]
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "stream": stream,
+    }
+
+
+def one_request(client: httpx.Client, model: str, png: bytes) -> tuple[float, int]:
+    started = time.perf_counter()
+    resp = client.post("/v1/chat/completions", json=body(model, png))
+    resp.raise_for_status()
+    return time.perf_counter() - started, int(resp.json()["usage"]["completion_tokens"])
+
+
+def first_token(client: httpx.Client, model: str, png: bytes) -> float:
+    started = time.perf_counter()
+    with client.stream("POST", "/v1/chat/completions", json=body(model, png, stream=True)) as resp:
+        resp.raise_for_status()
+        lines = resp.iter_lines()
+        for line in lines:
+            if line.startswith("data: {") and json.loads(line[6:])["choices"]:
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                if delta.get("content"):
+                    elapsed = time.perf_counter() - started
+                    for _ in lines:  # read the rest, so the next request starts on an idle model
+                        pass
+                    return elapsed
+    raise RuntimeError("stream ended without a token")
+
+
+def throughput(
+    url: str, headers: dict[str, str], model: str, png: bytes, clients: int, duration: float
+) -> dict[str, float]:
+    done: list[tuple[float, int]] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + duration
+
+    def loop() -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
+            while time.perf_counter() < stop_at:
+                result = one_request(client, model, png)
+                with lock:
+                    done.append(result)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=loop) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    latencies = [d[0] for d in done]
+    return {
+        "clients": clients,
+        "requests": len(done),
+        "requests_per_s": round(len(done) / wall, 2),
+        "tokens_per_s": round(sum(d[1] for d in done) / wall, 1),
+        "p50_ms": round(1000 * percentile(latencies, 0.5), 1),
+        "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", help="model directory (default: quick testbed or a random testbed-size model)"
+    )
+    parser.add_argument("--requests", type=int, default=40, help="sequential requests for latency")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per throughput level")
+    parser.add_argument("--clients", default="1,4,16")
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="mbpo-bench-inference-"))
+    model_dir, model_kind = pick_model(args.model, scratch)
+    png = png_bytes(IMAGE_SIZE, IMAGE_SIZE, seed=1)
+    report: dict[str, Any] = {"model": str(model_dir), "model_kind": model_kind, "max_tokens": MAX_TOKENS}
+
+    direct, tokens = bench_direct(model_dir, png, args.requests)
+    report["answer_tokens"] = tokens
+    report["direct"] = {
+        "p50_ms": round(1000 * percentile(direct, 0.5), 1),
+        "p99_ms": round(1000 * percentile(direct, 0.99), 1),
+    }
+    print("direct generate:", report["direct"], flush=True)
+
+    prefix = services.broker_prefix()
+    with services.fresh_database() as db_url:
+        engine = make_engine(db_url)
+        with make_session_factory(engine).begin() as session:
+            key_row, key = create_api_key(session, user_name="bench", key_name="bench", admin=False)
+            record = BaseModelRecord(
+                owner_id=key_row.user_id,
+                name="bench",
+                path=str(model_dir),
+                family="qwen2_vl",
+                model_type="qwen2_vl",
+                architectures=[],
+                param_count=0,
+            )
+            session.add(record)
+            session.flush()
+            model = f"model:{record.id}"
+        engine.dispose()
+        env = services.service_env(
+            DATABASE_URL=db_url,
+            BROKER_URL=services.REDIS_URL,
+            MBPO_BROKER_KEY_PREFIX=prefix,
+            MBPO_HOME=str(scratch / "home"),
+            MBPO_LOG_LEVEL="WARNING",
+        )
+        port = services.free_port()
+        url = f"http://127.0.0.1:{port}"
+        worker_log, api_log = scratch / "worker.log", scratch / "api.log"
+        worker = services.start_mbpo(
+            [
+                "worker",
+                "--queues",
+                "inference",
+                "--pool",
+                "threads",
+                "--concurrency",
+                "16",
+                "--loglevel",
+                "WARNING",
+            ],
+            env,
+            worker_log,
+        )
+        api = services.start_mbpo(["api", "--port", str(port)], env, api_log)
+        headers = {"Authorization": f"Bearer {key}"}
+        try:
+            services.wait_for(lambda: _healthy(url), timeout=120, what="mbpo api")
+            with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
+                for _ in range(3):  # model load, torch warm-up
+                    one_request(client, model, png)
+                endpoint = [one_request(client, model, png)[0] for _ in range(args.requests)]
+                ttft = [first_token(client, model, png) for _ in range(max(5, args.requests // 2))]
+            report["endpoint"] = {
+                "p50_ms": round(1000 * percentile(endpoint, 0.5), 1),
+                "p99_ms": round(1000 * percentile(endpoint, 0.99), 1),
+            }
+            report["ratio_p50"] = round(percentile(endpoint, 0.5) / percentile(direct, 0.5), 3)
+            report["ratio_p99"] = round(percentile(endpoint, 0.99) / percentile(direct, 0.99), 3)
+            report["time_to_first_token"] = {
+                "p50_ms": round(1000 * percentile(ttft, 0.5), 1),
+                "p99_ms": round(1000 * percentile(ttft, 0.99), 1),
+            }
+            print("endpoint:", report["endpoint"], "ratio p50:", report["ratio_p50"], flush=True)
+            print("time to first token:", report["time_to_first_token"], flush=True)
+            report["throughput"] = []
+            for clients in (int(c) for c in args.clients.split(",")):
+                level = throughput(url, headers, model, png, clients, args.duration)
+                report["throughput"].append(level)
+                print("throughput:", level, flush=True)
+        finally:
+            services.stop_process_group(api)
+            services.stop_process_group(worker)
+            services.delete_redis_prefix(prefix)
+    print(json.dumps(report, indent=2))
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
