@@ -1,6 +1,6 @@
 """Seconds per optimiser step: hybrid GRPO vs plain TRL GRPOTrainer, same model, batch and G.
 
-    .venv/bin/python bench/train_step.py --size small --steps 8 --repeats 3 --out bench/train_step.json
+    .venv/bin/python bench/train_step.py --size small --steps 30 --out bench/train_step.json
 
 Three trainers on the same randomly initialised model (a random model never emits end-of-sequence, so
 every answer has exactly `max_completion_length` tokens and the work per answer is identical):
@@ -10,13 +10,17 @@ every answer has exactly `max_completion_length` tokens and the work per answer 
     offline  HybridGRPOTrainer with offline_fraction=0.5: every offline group samples G-2 answers
              instead of G (should be faster than plain)
 
-Runs are interleaved (plain, hybrid, offline, plain, ...) so a busy shared CPU slows all of them alike;
-the first `--warmup` steps of each run are dropped and the median of the rest is reported.
+The three trainers are built once and then stepped in turn (plain, hybrid, offline, plain, ...), each
+step a full TRL `training_step` (generate, score, forward, backward) plus the optimiser step on a
+fixed batch, so a busy shared CPU slows all three alike. Both this process's CPU time (one torch
+thread: the work, insensitive to neighbours) and wall time are reported, median and quartiles after
+`--warmup` steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -27,7 +31,6 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOTrainer
 
 from mbpo_core.config import LoraConfig, TrainConfig
@@ -38,23 +41,6 @@ from mbpo_core.training.data import PromptRow, build_prompt_dataset
 from mbpo_core.training.trainer import HybridGRPOTrainer
 
 WORDS = ["is", "there", "a", "red", "blue", "green", "circle", "square", "yes", "no"]
-
-
-class StepTimer(TrainerCallback):
-    """Wall time and this process's CPU time of every optimiser step. On a shared machine the CPU
-    time (with one torch thread) measures the work; wall time also measures the neighbours."""
-
-    def __init__(self) -> None:
-        self.wall: list[float] = []
-        self.cpu: list[float] = []
-        self._start = (0.0, 0.0)
-
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._start = (time.perf_counter(), time.process_time())
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.wall.append(time.perf_counter() - self._start[0])
-        self.cpu.append(time.process_time() - self._start[1])
 
 
 def make_rows(root: Path, image_size: int, n: int) -> tuple[list[PromptRow], list[PromptRow]]:
@@ -69,23 +55,14 @@ def make_rows(root: Path, image_size: int, n: int) -> tuple[list[PromptRow], lis
     return online, offline
 
 
-def run(
-    kind: str, model_dir: Path, processor: Any, rows: tuple[list, list], train: TrainConfig, out: Path
-) -> StepTimer:
+def build_trainer(kind: str, model_dir: Path, rows: tuple[list, list], train: TrainConfig, out: Path) -> Any:
     from mbpo_core.models import load_adapter
 
     adapter = load_adapter(model_dir)
-    processor.tokenizer.padding_side = "left"
+    adapter.processor.tokenizer.padding_side = "left"
     args = grpo_config(train, output_dir=out, seed=0, use_cpu=not torch.cuda.is_available(), bf16=False)
-    args.save_strategy = "no"
     online, offline = rows
-    timer = StepTimer()
-    common = {
-        "model": adapter.model,
-        "args": args,
-        "processing_class": adapter.processor,
-        "callbacks": [timer],
-    }
+    common = {"model": adapter.model, "args": args, "processing_class": adapter.processor}
     common["peft_config"] = peft_config(train.lora)
     if kind == "plain":
         trainer: Any = GRPOTrainer(
@@ -97,9 +74,27 @@ def run(
         offline_groups = 0 if kind == "hybrid" else train.prompts_per_step // 2
         dataset = build_prompt_dataset(online, offline if offline_groups else [])
         trainer = HybridGRPOTrainer(train_dataset=dataset, offline_groups_per_step=offline_groups, **common)
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
-    return timer
+    trainer.model.train()
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def step_batch(trainer: Any, kind: str, groups: int, group_size: int) -> list[dict[str, Any]]:
+    """The step's rows: `groups` prompts, each repeated G times; half offline for `offline`."""
+    dataset = trainer.train_dataset
+    n_online = sum(c is None for c in dataset["mined_chosen"])
+    offline = groups // 2 if kind == "offline" else 0
+    prompts = [n_online + i for i in range(offline)] + list(range(groups - offline))
+    return [dataset[i] for i in prompts for _ in range(group_size)]
+
+
+def timed_step(trainer: Any, batch: list[dict[str, Any]]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    trainer.training_step(trainer.model, copy.deepcopy(batch), None)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
@@ -123,9 +118,8 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=4, help="prompts per optimiser step")
     parser.add_argument("--generations", type=int, default=4, help="G, answers per prompt")
     parser.add_argument("--completion-length", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     opts = parser.parse_args()
@@ -147,14 +141,16 @@ def main() -> None:
         (root / "images").mkdir()
         rows = make_rows(root / "images", opts.image_size, 16)
         kinds = ("plain", "hybrid", "offline")
+        trainers = {kind: build_trainer(kind, root / "model", rows, train, root / kind) for kind in kinds}
+        batches = {kind: step_batch(trainers[kind], kind, opts.groups, opts.generations) for kind in kinds}
         wall: dict[str, list[float]] = {kind: [] for kind in kinds}
         cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
-        for repeat in range(opts.repeats):
-            # Rotate the order so no trainer always runs first (cold caches) or last.
-            for kind in kinds[repeat % 3 :] + kinds[: repeat % 3]:
-                timer = run(kind, root / "model", processor, rows, train, root / f"{kind}-{repeat}")
-                wall[kind].extend(timer.wall[opts.warmup :])
-                cpu[kind].extend(timer.cpu[opts.warmup :])
+        for step in range(opts.warmup + opts.steps):
+            for kind in kinds[step % 3 :] + kinds[: step % 3]:  # rotate: nobody always goes first
+                seconds = timed_step(trainers[kind], batches[kind])
+                if step >= opts.warmup:
+                    wall[kind].append(seconds[0])
+                    cpu[kind].append(seconds[1])
     result = {
         "config": vars(opts) | {"out": str(opts.out) if opts.out else None},
         "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": opts.threads},

@@ -56,6 +56,7 @@ def grpo_config(
         scale_rewards="group",
         save_strategy="steps",
         save_steps=train.save_steps,
+        save_total_limit=train.keep_checkpoints,
         logging_steps=1,
         report_to=[],
         disable_tqdm=True,

@@ -110,7 +110,6 @@ def build_trainer(
         offline_ratio=train.offline_ratio,
         peft_config=peft_config(train.lora),
     )
-    trainer.args.save_total_limit = train.keep_checkpoints
     trainer.remove_callback(PrinterCallback)  # progress goes to the ProgressCallback instead
     return trainer, prompts.skipped
 
