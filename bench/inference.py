@@ -3,13 +3,12 @@
     .venv/bin/python bench/inference.py [--model DIR] [--requests 40] [--duration 20]
 
 Measures, for a 16-token greedy answer about one 112x112 image:
-  - p50/p99 latency of `adapter.generate` called directly in this process;
-  - p50/p99 latency of POST /v1/chat/completions through the running service (`mbpo api` +
+  - p50/p99 latency of `adapter.generate` called directly in this process, alternating with
+    p50/p99 latency of POST /v1/chat/completions through the running service (`mbpo api` +
     `mbpo worker --queues inference --pool threads --concurrency 16`, PostgreSQL + Redis), and the
     ratio endpoint/direct at p50 (goal <= 1.3);
   - time to the first streamed token (stream=true);
-  - throughput (requests/s, tokens/s) at 1, 4 and 16 concurrent clients, and the batch sizes the
-    worker formed.
+  - throughput (requests/s, tokens/s) at 1, 4 and 16 concurrent clients.
 
 --model: a model directory (the testbed's `base_model/`). Default: the newest quick testbed in
 .testbed-cache, else a random-weight Qwen2-VL of the testbed's size ("small", 112 px images),
@@ -66,20 +65,20 @@ def pick_model(arg: str | None, scratch: Path) -> tuple[Path, str]:
     return out, "random Qwen2-VL, testbed size (small)"
 
 
-def bench_direct(model_dir: Path, png: bytes, n: int) -> tuple[list[float], int]:
-    from mbpo_core.models import load_adapter
-    from mbpo_core.serving import pixels_from_bytes
+class Direct:
+    """`adapter.generate` in this process: the baseline."""
 
-    adapter = load_adapter(model_dir)
-    pixels = pixels_from_bytes(png).unsqueeze(0)
-    answer = adapter.generate(pixels, [QUESTION], max_new_tokens=MAX_TOKENS)[0]  # warm-up
-    tokens = len(adapter.tokenizer(answer, add_special_tokens=False)["input_ids"])
-    times = []
-    for _ in range(n):
+    def __init__(self, model_dir: Path, png: bytes):
+        from mbpo_core.models import load_adapter
+        from mbpo_core.serving import pixels_from_bytes
+
+        self.adapter = load_adapter(model_dir)
+        self.pixels = pixels_from_bytes(png).unsqueeze(0)
+
+    def __call__(self) -> tuple[float, str]:
         started = time.perf_counter()
-        adapter.generate(pixels, [QUESTION], max_new_tokens=MAX_TOKENS)
-        times.append(time.perf_counter() - started)
-    return times, tokens
+        answer = self.adapter.generate(self.pixels, [QUESTION], max_new_tokens=MAX_TOKENS)[0]
+        return time.perf_counter() - started, answer
 
 
 def body(model: str, png: bytes, stream: bool = False) -> dict[str, Any]:
@@ -165,13 +164,9 @@ def main() -> None:
     png = png_bytes(IMAGE_SIZE, IMAGE_SIZE, seed=1)
     report: dict[str, Any] = {"model": str(model_dir), "model_kind": model_kind, "max_tokens": MAX_TOKENS}
 
-    direct, tokens = bench_direct(model_dir, png, args.requests)
-    report["answer_tokens"] = tokens
-    report["direct"] = {
-        "p50_ms": round(1000 * percentile(direct, 0.5), 1),
-        "p99_ms": round(1000 * percentile(direct, 0.99), 1),
-    }
-    print("direct generate:", report["direct"], flush=True)
+    generate = Direct(model_dir, png)
+    _, answer = generate()  # warm-up
+    report["answer_tokens"] = len(generate.adapter.tokenizer(answer, add_special_tokens=False)["input_ids"])
 
     prefix = services.broker_prefix()
     with services.fresh_database() as db_url:
@@ -223,8 +218,16 @@ def main() -> None:
             with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
                 for _ in range(3):  # model load, torch warm-up
                     one_request(client, model, png)
-                endpoint = [one_request(client, model, png)[0] for _ in range(args.requests)]
+                # Alternate the two, so both see the same machine load (it is shared and noisy).
+                direct, endpoint = [], []
+                for _ in range(args.requests):
+                    direct.append(generate()[0])
+                    endpoint.append(one_request(client, model, png)[0])
                 ttft = [first_token(client, model, png) for _ in range(max(5, args.requests // 2))]
+            report["direct"] = {
+                "p50_ms": round(1000 * percentile(direct, 0.5), 1),
+                "p99_ms": round(1000 * percentile(direct, 0.99), 1),
+            }
             report["endpoint"] = {
                 "p50_ms": round(1000 * percentile(endpoint, 0.5), 1),
                 "p99_ms": round(1000 * percentile(endpoint, 0.99), 1),
@@ -235,7 +238,8 @@ def main() -> None:
                 "p50_ms": round(1000 * percentile(ttft, 0.5), 1),
                 "p99_ms": round(1000 * percentile(ttft, 0.99), 1),
             }
-            print("endpoint:", report["endpoint"], "ratio p50:", report["ratio_p50"], flush=True)
+            print("direct:", report["direct"], "endpoint:", report["endpoint"], flush=True)
+            print("ratio p50:", report["ratio_p50"], flush=True)
             print("time to first token:", report["time_to_first_token"], flush=True)
             report["throughput"] = []
             for clients in (int(c) for c in args.clients.split(",")):
