@@ -149,10 +149,12 @@ class ReplyReader:
         self.path = _reply_file(settings, request_id)
         self._buffer = b""
         self._offset = 0
+        self._alive_until = 0.0
 
     async def __aenter__(self) -> ReplyReader:
         if self.kind == "redis":
             await _async_redis(self.url).set(self.alive_key, b"1", ex=REPLY_TTL_S)
+            self._alive_until = asyncio.get_running_loop().time() + REPLY_TTL_S
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.touch()
@@ -167,7 +169,12 @@ class ReplyReader:
     async def next(self, timeout: float) -> dict[str, Any]:
         """The next event; TimeoutError after `timeout` seconds without one."""
         if self.kind == "redis":
-            popped = await _async_redis(self.url).blpop([self.key], timeout=max(timeout, 0.01))
+            client = _async_redis(self.url)
+            now = asyncio.get_running_loop().time()
+            if self._alive_until - now < REPLY_TTL_S / 2:  # a long answer: still listening
+                await client.expire(self.alive_key, REPLY_TTL_S)
+                self._alive_until = now + REPLY_TTL_S
+            popped = await client.blpop([self.key], timeout=max(timeout, 0.01))
             if popped is None:
                 raise TimeoutError
             event: dict[str, Any] = json.loads(popped[1])
