@@ -72,7 +72,7 @@ def build_command(
     quick: bool = typer.Option(
         False, "--quick", help="Small splits and a short run (tests; ~2 min on 2 cores)."
     ),
-    threads: int = typer.Option(2, "--threads", help="CPU threads for training and evaluation."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads (1 is fastest on a shared machine)."),
 ) -> None:
     """Build the testbed: every split under OUT/datasets/, the biased base model under OUT/base_model/."""
     from dataclasses import replace
@@ -111,7 +111,7 @@ def eval_command(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Samples per split (yes/no balance kept)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     null_image: str = typer.Option("gray", "--null-image", help="IIG null image: gray, noise or blur."),
-    threads: int = typer.Option(2, "--threads"),
+    threads: int = typer.Option(1, "--threads", help="CPU threads (1 is fastest on a shared machine)."),
 ) -> None:
     """Score a model on manifests: POPE metrics for yes/no data, accuracy and mean IIG always."""
     import torch

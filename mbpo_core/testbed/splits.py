@@ -29,7 +29,7 @@ POPE_SPLITS = ("pope_random", "pope_popular", "pope_adversarial")
 SPLITS = ("sft", *POPE_SPLITS, "vqa", "offline", "online")
 # Existence pairs (one yes, one no) per sft image, plus one colour or count question. Several
 # questions per image are cheap to train on: the vision tower runs once per image.
-SFT_EXISTENCE_PAIRS = 2
+SFT_EXISTENCE_PAIRS = 4
 _STREAM = {name: i for i, name in enumerate(("sft", "pope", "vqa", "offline", "online"))}
 
 
@@ -43,9 +43,9 @@ class Sample:
 
 @dataclass(frozen=True)
 class SplitSizes:
-    """Images per split (sft gets 5 questions an image, POPE 2, the others 1)."""
+    """Images per split (sft: 2 * SFT_EXISTENCE_PAIRS + 1 questions an image, POPE 2, the others 1)."""
 
-    sft_images: int = 12_000
+    sft_images: int = 8_000
     pope_images: int = 500
     vqa_images: int = 500
     offline: int = 2_000
@@ -53,7 +53,7 @@ class SplitSizes:
 
     @classmethod
     def quick(cls) -> SplitSizes:
-        return cls(sft_images=4_000, pope_images=150, vqa_images=100, offline=200, online=200)
+        return cls(sft_images=2_000, pope_images=150, vqa_images=100, offline=200, online=200)
 
 
 def split_rng(seed: int, stream: str) -> np.random.Generator:

@@ -1,7 +1,8 @@
 """Write a split to disk: PNG images beside a JSONL manifest in the DESIGN section 4 format.
 
-Each line carries the standard fields plus `objects` (the kinds drawn in the image, used by the
-base model's auxiliary presence head) and the question's own metadata (e.g. which POPE negative it
+Each line carries the standard fields plus `objects` (the kinds drawn in the image), `layout`
+(where: centre and radius in pixels; the base model's auxiliary presence head learns from it) and
+the question's own metadata (e.g. which POPE negative it
 is). The manifest is written to a temporary name and renamed, so a crash never leaves a half file.
 """
 
@@ -31,6 +32,10 @@ def manifest_line(sample: Sample, image_ref: str) -> dict[str, Any]:
     if sample.qa.choices:
         line["choices"] = list(sample.qa.choices)
     line["objects"] = sorted(o.kind.name for o in sample.scene.objects)
+    line["layout"] = [
+        {"object": o.kind.name, "x": round(o.cx, 2), "y": round(o.cy, 2), "r": round(o.radius, 2)}
+        for o in sample.scene.objects
+    ]
     line.update(sample.qa.meta)
     return line
 

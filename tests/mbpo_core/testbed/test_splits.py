@@ -10,7 +10,15 @@ import pytest
 
 from mbpo_core.manifest import read_manifest
 from mbpo_core.testbed.scenes import render_scene
-from mbpo_core.testbed.splits import POPE_SPLITS, SPLITS, Sample, SplitSizes, build_splits, kind_frequency
+from mbpo_core.testbed.splits import (
+    POPE_SPLITS,
+    SFT_EXISTENCE_PAIRS,
+    SPLITS,
+    Sample,
+    SplitSizes,
+    build_splits,
+    kind_frequency,
+)
 from mbpo_core.testbed.world import WorldSpec
 from mbpo_core.testbed.writer import write_split
 from mbpo_core.verifiers import is_correct
@@ -41,7 +49,7 @@ def answer_from_pixels(sample: Sample) -> str:
 
 def test_every_split_is_built(splits: dict[str, list[Sample]]) -> None:
     assert set(splits) == set(SPLITS)
-    assert len(splits["sft"]) == 5 * SIZES.sft_images
+    assert len(splits["sft"]) == (2 * SFT_EXISTENCE_PAIRS + 1) * SIZES.sft_images
     assert all(len(splits[name]) == 2 * SIZES.pope_images for name in POPE_SPLITS)
 
 
