@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 console = Console()
 
 TABLE_COLUMNS = ("n", "accuracy", "precision", "recall", "f1", "yes_ratio", "false_yes_rate", "iig_mean")
+# Short headers keep the table readable in an 80-column terminal.
+HEADERS = {
+    "accuracy": "acc", "precision": "prec", "recall": "rec", "yes_ratio": "yes",
+    "false_yes_rate": "false yes", "iig_mean": "IIG",
+}  # fmt: skip
 
 
 class RichBuildProgress:
@@ -54,9 +59,9 @@ def new_progress() -> Progress:
 
 def metrics_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
     table = Table(title=title)
-    table.add_column("split")
+    table.add_column("split", no_wrap=True)
     for column in TABLE_COLUMNS:
-        table.add_column(column, justify="right")
+        table.add_column(HEADERS.get(column, column), justify="right")
     for split, values in metrics.items():
         cells = []
         for column in TABLE_COLUMNS:
