@@ -28,13 +28,19 @@ chromium:
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; } \
 	  || echo "warning: could not install chromium (browser tests will not run)"; }
 
-# Hook for demo preparation (a later issue builds the testbed and registers it here).
+# The demo: the quick testbed (datasets + a small VLM that sees and hallucinates), built once
+# (a few minutes on a laptop CPU) and reused; `mbpo serve --demo` registers it for the dev admin.
+DEMO_TESTBED ?= .mbpo/demo-testbed
 demo: install
+	@test -f $(DEMO_TESTBED)/build_report.json || { \
+	  rm -rf $(DEMO_TESTBED).building && \
+	  $(BIN)/mbpo testbed build --quick --out $(DEMO_TESTBED).building && \
+	  mv $(DEMO_TESTBED).building $(DEMO_TESTBED); }
 
 # Server directories clients may register datasets and models from (override to add your own).
 run: export MBPO_DATA_ROOTS ?= $(CURDIR)/examples
 run: install demo
-	$(BIN)/mbpo serve $(SERVE_ARGS)
+	$(BIN)/mbpo serve --demo $(DEMO_TESTBED) $(SERVE_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

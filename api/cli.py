@@ -119,10 +119,31 @@ class LocalWorker:
         self._watcher.join(timeout=5)
 
 
+def _register_demo(testbed: Path, host: str, port: int) -> None:
+    from api.db.session import get_session_factory
+    from api.demo import register_demo
+    from api.settings import get_settings
+
+    settings = get_settings()
+    with get_session_factory(settings.sqlalchemy_url)() as session:
+        demo = register_demo(session, settings, DEV_ADMIN_USER, testbed)
+    key_file = settings.home_dir / DEV_KEY_FILE
+    typer.echo(
+        f"Demo: testbed model {demo.model_id} and {len(demo.dataset_ids)} datasets registered. "
+        "Launch a run:\n\n"
+        f'    curl -s -X POST http://{host}:{port}/v1/runs -H "Authorization: Bearer $(cat {key_file})" '
+        f"-H 'Content-Type: application/json' -d @{demo.run_file}\n"
+    )
+
+
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     worker: Annotated[bool, typer.Option(help="Also start one local worker for all queues.")] = True,
+    demo: Annotated[
+        Path | None,
+        typer.Option(help="A built testbed to register for the development admin (`make run` passes it)."),
+    ] = None,
 ) -> None:
     """Run the service: migrate, print the admin key, start a local worker and the API.
 
@@ -144,6 +165,8 @@ def serve(
         key, created = _dev_admin_key(home)
         state = "created" if created else "kept"
         typer.echo(f"Development admin key ({state} in {home / DEV_KEY_FILE}):\n\n    {key}\n")
+        if demo is not None:
+            _register_demo(demo, host, port)
     typer.echo(f"API: http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)", err=False)
     local_worker = LocalWorker() if worker else None
     try:

@@ -1,10 +1,11 @@
-"""A run in embedded mode: `mbpo serve` with only MBPO_HOME (SQLite database, SQLite broker, its own
-local worker), the quick testbed, a tiny online-only config. The event stream works by polling the
-table; the run succeeds and its checkpoint downloads."""
+"""The demo and a run in embedded mode: `mbpo serve --demo TESTBED` with only MBPO_HOME (SQLite
+database, SQLite broker, its own local worker) registers the quick testbed; a tiny online-only run
+on it succeeds, its event stream works by polling the table, and its checkpoint downloads."""
 
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,14 +22,10 @@ from tests.helpers import services
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path, Path]]:
     testbed = rh.quick_testbed()
     base = tmp_path_factory.mktemp("embedded-runs")
-    roots = base / "roots"
-    roots.mkdir()
-    env = services.service_env(
-        MBPO_HOME=str(base / "home"), MBPO_DATA_ROOTS=f"{roots}:{testbed}", OMP_NUM_THREADS="2"
-    )
+    env = services.service_env(MBPO_HOME=str(base / "home"), OMP_NUM_THREADS="2")
     port = services.free_port()
     log = base / "serve.log"
-    proc = services.start_mbpo(["serve", "--port", str(port)], env, log)
+    proc = services.start_mbpo(["serve", "--port", str(port), "--demo", str(testbed)], env, log)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -50,32 +47,38 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
         services.stop_process_group(proc)
 
 
-def _register(client: httpx.Client, testbed: Path, roots: Path) -> dict[str, Any]:
-    model = client.post("/v1/models", json={"name": "testbed", "path": str(testbed / "base_model")})
-    assert model.status_code == 201, model.text
-    ids = {}
-    for split, n in {"online": 16, "pope_adversarial": 8}.items():
-        path = rh.write_subset(testbed, split, roots / split, n)
-        ids[split] = client.post("/v1/datasets", json={"name": split, "path": str(path)}).json()["id"]
-    for dataset_id in ids.values():
+def _demo_refs(client: httpx.Client, base: Path) -> dict[str, Any]:
+    """What `mbpo serve --demo` registered: the body of the demo run, its datasets validated."""
+    body: dict[str, Any] = json.loads((base / "home" / "demo_run.json").read_text())
+    for dataset_id in [body["online_dataset_id"], *body["eval_dataset_ids"]]:
 
-        def ready(d: str = dataset_id) -> bool:
-            return bool(client.get(f"/v1/datasets/{d}").json()["status"] == "ready")
+        def validated(d: str = dataset_id) -> str | None:
+            status = str(client.get(f"/v1/datasets/{d}").json()["status"])
+            return None if status == "validating" else status
 
-        services.wait_for(ready, timeout=120, interval=0.5, what="embedded validation")
-    return {"model": model.json()["id"], **ids}
+        assert services.wait_for(validated, timeout=180, interval=0.5, what="embedded validation") == "ready"
+    return body
+
+
+def test_serve_registers_the_demo_and_prints_its_curl(served: tuple[httpx.Client, Path, Path]) -> None:
+    client, _, base = served
+    log = (base / "serve.log").read_text()
+    assert "curl -s -X POST" in log and str(base / "home" / "demo_run.json") in log
+    body = _demo_refs(client, base)
+    assert client.get(f"/v1/models/{body['base_model_id']}").json()["family"] == "qwen2_vl"
+    assert len(body["eval_dataset_ids"]) == 3 and body["offline_dataset_id"]
 
 
 def test_embedded_run_streams_events_and_serves_its_checkpoint(
     served: tuple[httpx.Client, Path, Path],
 ) -> None:
-    client, testbed, base = served
-    refs = _register(client, testbed, base / "roots")
+    client, _, base = served
+    demo = _demo_refs(client, base)
     body = {
         "name": "embedded",
-        "base_model_id": refs["model"],
-        "online_dataset_id": refs["online"],
-        "eval_dataset_ids": [refs["pope_adversarial"]],
+        "base_model_id": demo["base_model_id"],
+        "online_dataset_id": demo["online_dataset_id"],
+        "eval_dataset_ids": demo["eval_dataset_ids"][1:2],  # pope_adversarial
         "config": rh.quick_config(max_steps=2),
     }
     created = client.post("/v1/runs", json=body, headers={"Idempotency-Key": "embedded-1"})
@@ -93,7 +96,7 @@ def test_embedded_run_streams_events_and_serves_its_checkpoint(
     ]
     run = client.get(f"/v1/runs/{run_id}").json()
     assert run["status"] == "succeeded" and run["attempt"] == 1
-    assert set(run["scores"]["aligned"]) == {"pope_adversarial"}
+    assert set(run["scores"]["aligned"]) == {"testbed-pope_adversarial"}
     download = client.get(f"/v1/runs/{run_id}/checkpoints/2/download")
     assert download.status_code == 200
     with tarfile.open(fileobj=io.BytesIO(download.content)) as archive:
