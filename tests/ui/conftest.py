@@ -108,7 +108,9 @@ def service(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     home = base / "home"
     env = services.service_env(
         MBPO_HOME=str(home),
-        MBPO_DATA_ROOTS=os.pathsep.join([str(testbed_cache_root()), str(base)]),
+        MBPO_DATA_ROOTS=os.pathsep.join(
+            [str(testbed_cache_root()), str(base), os.environ.get("MBPO_UI_TESTBED", str(base))]
+        ),
         MBPO_LOG_LEVEL="INFO",
     )
     port = services.free_port()
@@ -137,8 +139,11 @@ _testbed: list[Path] = []
 
 
 def _testbed_root() -> Path:
+    """The quick testbed; MBPO_UI_TESTBED may name another built testbed directory (any testbed
+    with `base_model/` and `datasets/<split>/` serves these tests)."""
     if not _testbed:
-        _testbed.append(quick_testbed_path())
+        override = os.environ.get("MBPO_UI_TESTBED")
+        _testbed.append(Path(override).resolve() if override else quick_testbed_path())
     return _testbed[0]
 
 

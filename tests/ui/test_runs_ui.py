@@ -135,17 +135,6 @@ def test_run_pages_at_both_widths(finished_run: dict[str, Any], open_tab: Callab
         page.wait_for_selector("#event-log li:has-text('run_succeeded')")
         tab.assert_fits()
         tab.screenshot("run-detail")
-        # Gallery: clean and perturbed images load, the difference is drawn.
-        page.goto(f"/admin/runs/{run_id}/negatives")
-        page.wait_for_selector(".pair")
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('.pair img')].every(i => i.complete && i.naturalWidth > 0)"
-        )
-        page.wait_for_function("() => document.querySelector('.pair canvas').width > 0")
-        assert page.locator("#mining-summary .stat").count() >= 4
-        assert page.locator(".pair .answer.rejected").count() == page.locator(".pair").count()
-        tab.assert_fits()
-        tab.screenshot("negatives")
         # Scorecard: base vs aligned per split, table and chart.
         page.goto(f"/admin/runs/{run_id}/scorecard")
         page.wait_for_selector("#score-table")
@@ -154,6 +143,29 @@ def test_run_pages_at_both_widths(finished_run: dict[str, Any], open_tab: Callab
         assert page.locator("#score-chart svg rect").count() >= 4
         tab.assert_fits()
         tab.screenshot("scorecard")
+        _no_problems(tab)
+
+
+def test_gallery_shows_clean_and_perturbed_images(
+    finished_run: dict[str, Any], open_tab: Callable[..., Tab]
+) -> None:
+    """Clean and perturbed images load, the amplified difference is drawn, the summary compares
+    PGD with random noise. (The quick testbed's model answers well enough for PGD to flip some.)"""
+    for width in WIDTHS:
+        tab = open_tab(width)
+        page = tab.page
+        page.goto(f"/admin/runs/{finished_run['id']}/negatives")
+        page.wait_for_selector(".pair", timeout=60_000)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.pair img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+        page.wait_for_function("() => document.querySelector('.pair canvas').width > 0")
+        assert page.locator("#mining-summary .stat").count() >= 4
+        assert page.locator(".pair .answer.rejected").count() == page.locator(".pair").count()
+        page.locator("#amplify").fill("30")
+        assert page.locator(".pair figcaption", has_text="×30").count() >= 1
+        tab.assert_fits()
+        tab.screenshot("negatives")
         _no_problems(tab)
 
 

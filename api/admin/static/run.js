@@ -36,10 +36,12 @@
         el("span", { class: "stage-pct", text: state === "pending" ? "waiting" : M.pct(frac) }),
         el("div", { class: "stage-bar" }, fill)));
     });
+    var lastFill = el("div");
+    if (TERMINAL.indexOf(r.status) >= 0) lastFill.style.width = "100%";
     var last = el("li", { class: r.status === "succeeded" ? "done" : "pending", dataset: { stage: "done" } },
       el("span", { class: "stage-name", text: TERMINAL.indexOf(r.status) >= 0 ? r.status : "succeeded" }),
       el("span", { class: "stage-pct", text: r.finished_at ? M.when(r.finished_at) : "" }),
-      el("div", { class: "stage-bar" }, el("div")));
+      el("div", { class: "stage-bar" }, lastFill));
     if (r.status === "failed") last.className = "failed";
     list.appendChild(last);
   }
@@ -233,13 +235,14 @@
       }
       list.forEach(function (c) {
         var metrics = c.metrics || {};
-        var metricText = Object.keys(metrics).filter(function (k) { return /loss|reward_mean|kl/.test(k); })
+        var metricText = Object.keys(metrics).filter(function (k) { return /^(loss|reward_mean|kl)$/.test(k); })
           .map(function (k) { return k + " " + M.num(metrics[k]); }).join(" · ");
         var href = c.download_url || (base + "/checkpoints/" + encodeURIComponent(c.step) + "/download");
         tbody.appendChild(el("tr", {},
           el("td", { class: "mono", text: String(c.step) }),
           el("td", { text: M.when(c.created_at) }),
-          el("td", {}, el("div", { text: scoreSummary(c.eval_scores || c.scores) }), metricText ? el("div", { class: "muted small", text: metricText }) : null),
+          el("td", {}, c.eval_scores || c.scores ? el("div", { text: scoreSummary(c.eval_scores || c.scores) }) : null,
+            metricText ? el("div", { class: "muted small", text: metricText }) : null),
           el("td", {}, c.complete === false ? el("span", { class: "muted small", text: "writing…" }) :
             el("a", { class: "btn btn-small", href: href, download: "", text: "Download" }))));
       });
