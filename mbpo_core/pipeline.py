@@ -494,7 +494,7 @@ def evaluate(
             scores[which][split] = evaluation.metrics
             _write_json(cache, evaluation.metrics)
         release_models()  # one model in memory at a time
-    result = {
+    result: dict[str, Any] = {
         BASE: scores[BASE],
         ALIGNED: scores[ALIGNED],
         "delta": {
@@ -506,9 +506,50 @@ def evaluate(
             for split, base in scores[BASE].items()
         },
     }
+    if config.eval.attack_eval and inputs.eval_manifests:
+        result["attack"] = {
+            which: _attack_success(model_dir, which, inputs, layout, config, progress)
+            for which, model_dir in models.items()
+        }
     _write_json(layout.eval_dir / "report.json", result)
     _write_json(layout.stage_file("evaluating"), result)
     return result
+
+
+def _attack_success(
+    model_dir: Path, which: str, inputs: RunInputs, layout: RunLayout, config: MBPOConfig, progress: _Progress
+) -> dict[str, Any]:
+    """A fresh PGD attack on a model (DESIGN 2.6): mining's attack on the hardest eval split, at most
+    `eval.limit` samples, resumable in eval/attack/<model>/."""
+    from mbpo_core import mining
+
+    split = (
+        "pope_adversarial"
+        if "pope_adversarial" in inputs.eval_manifests
+        else sorted(inputs.eval_manifests)[0]
+    )
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        if phase == "attack":  # the split's evaluation is complete; this is its attack phase
+            progress(1, 1, f"attack:{which} {done}/{total}")
+        else:
+            progress.check_stop()
+
+    summary = mining.mine(
+        _adapter(model_dir, config),
+        inputs.eval_manifests[split],
+        layout.eval_dir / "attack" / which,
+        config,
+        limit=config.eval.limit,
+        on_progress=on_progress,
+    )
+    release_models()
+    return {
+        "split": split,
+        "attack_success_rate": summary.attack_success_rate,
+        "baseline_random_noise": summary.baseline_random_noise.get("attack_success_rate"),
+        "n_attacked": summary.n_selected,
+    }
 
 
 StageFn = Callable[[RunInputs, RunLayout, MBPOConfig, Reporter | None, ShouldStop | None], dict[str, Any]]

@@ -104,7 +104,9 @@ def full_run(
 ) -> dict[str, Any]:
     """One complete run, launched with an Idempotency-Key; its task message is sent a second time
     at once, and its SSE stream is read with a reconnect (Last-Event-ID) in the middle."""
-    body = _body(refs, "full", rh.QUICK_RUN_CONFIG, offline=True, evals=["pope_random", "pope_adversarial"])
+    config = rh.quick_config()
+    config["eval"]["attack_eval"] = True
+    body = _body(refs, "full", config, offline=True, evals=["pope_random", "pope_adversarial"])
     created = client.post("/v1/runs", json=body, headers={"Idempotency-Key": "full-run-1"})
     assert created.status_code == 201, created.text
     run = created.json()
@@ -150,6 +152,9 @@ def test_full_run_succeeds_with_ordered_events_and_scores(
         for metrics in run["scores"][which].values():
             assert {"f1", "accuracy", "yes_ratio", "iig_mean"} <= set(metrics)
     assert set(run["scores"]["delta"]["pope_adversarial"]) >= {"f1", "accuracy"}
+    for which in ("base", "aligned"):  # a fresh PGD attack on each model
+        assert run["scores"]["attack"][which]["split"] == "pope_adversarial"
+        assert run["scores"]["attack"][which]["n_attacked"] > 0
     assert run["latest_metrics"]["step"] == 3 and "loss" in run["latest_metrics"]
 
 
