@@ -68,20 +68,37 @@ def _fail(writer: ReplyWriter, exc: BaseException) -> None:
     writer.send({"t": "error", "code": "internal_error", "message": "inference failed on the worker"})
 
 
+class _Requester:
+    """Whether the requester still listens, asked at most every `every` seconds (the answer is a
+    round trip to Redis or a stat, and decoding asks after every token)."""
+
+    def __init__(self, writer: ReplyWriter, every: float = 0.5):
+        self.writer, self.every = writer, every
+        self.listening, self.checked = True, time.monotonic()
+
+    def gone(self) -> bool:
+        if self.listening and time.monotonic() - self.checked > self.every:
+            self.listening, self.checked = self.writer.alive(), time.monotonic()
+        return not self.listening
+
+
 def run_chat_completion(settings: Settings, payload: dict[str, Any]) -> None:
-    """Decode one chat request; events: start, text (deltas), done (finish reason and usage)."""
+    """Decode one chat request. Streaming: events start, text (deltas), done; otherwise a single
+    done event carrying the text (one reply instead of one per token)."""
     from mbpo_core.serving import ChatRequest, SamplingParams, pixels_from_bytes
 
     writer = open_writer(settings, payload["request_id"])
     try:
-        if not writer.send({"t": "accepted"}):
+        if not writer.alive():
             return  # the requester gave up before a worker got to it
         images = [pixels_from_bytes(base64.b64decode(b)) for b in payload["images"]]
         params = payload["params"]
-        alive = [True]
+        stream = bool(payload.get("stream", True))
+        requester = _Requester(writer)
 
         def on_text(delta: str) -> None:
-            alive[0] = alive[0] and writer.send({"t": "text", "d": delta})
+            if not writer.send({"t": "text", "d": delta}):
+                requester.listening = False
 
         request = ChatRequest(
             messages=payload["messages"],
@@ -93,16 +110,20 @@ def run_chat_completion(settings: Settings, payload: dict[str, Any]) -> None:
                 seed=params.get("seed"),
                 stop=tuple(params.get("stop") or ()),
             ),
-            on_text=on_text,
-            is_cancelled=lambda: not alive[0],
+            is_cancelled=requester.gone,
         )
+        if stream:
+            request.on_text = on_text
         cache = get_model_cache(settings)
-        cache.get(_source(payload["model"]))  # load (or find) the model before announcing the start
-        writer.send({"t": "start"})
-        completion = cache.chat(_source(payload["model"]), request)
+        source = _source(payload["model"])
+        if stream:
+            cache.get(source)  # load (or find) the model before the stream starts
+            writer.send({"t": "start"})
+        completion = cache.chat(source, request)
         writer.send(
             {
                 "t": "done",
+                "text": completion.text,
                 "finish_reason": completion.finish_reason,
                 "prompt_tokens": completion.prompt_tokens,
                 "completion_tokens": completion.completion_tokens,
@@ -120,7 +141,7 @@ def run_spot_check(settings: Settings, payload: dict[str, Any]) -> None:
 
     writer = open_writer(settings, payload["request_id"])
     try:
-        if not writer.send({"t": "accepted"}):
+        if not writer.alive():
             return
         image = pixels_from_bytes(base64.b64decode(payload["image"]))
         started = time.monotonic()

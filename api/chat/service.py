@@ -113,21 +113,17 @@ async def complete(
         "messages": messages,
         "images": images,
         "params": sampling(body, settings),
+        "stream": body.stream,
     }
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     stack = AsyncExitStack()
     replies = await stack.enter_async_context(send_inference(settings, TaskName.chat_completion, payload))
     try:
-        await replies.until("start")
         if body.stream:
+            await replies.until("start")
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(stack, replies, completion_id, created, body.model, include_usage)
-        text: list[str] = []
-        while (event := await replies.next())["t"] != "done":
-            if event["t"] == "error":
-                raise error_from_event(event)
-            if event["t"] == "text":
-                text.append(event["d"])
+        done = await replies.until("done")
     except BaseException:
         await stack.aclose()
         raise
@@ -136,10 +132,8 @@ async def complete(
         id=completion_id,
         created=created,
         model=body.model,
-        choices=[
-            Choice(message=AssistantMessage(content="".join(text)), finish_reason=event["finish_reason"])
-        ],
-        usage=_usage(event),
+        choices=[Choice(message=AssistantMessage(content=done["text"]), finish_reason=done["finish_reason"])],
+        usage=_usage(done),
     )
 
 

@@ -61,6 +61,9 @@ class ReplyWriter(Protocol):
     def send(self, event: dict[str, Any]) -> bool:
         """Deliver `event`; False once the requester has stopped listening."""
 
+    def alive(self) -> bool:
+        """Whether the requester is still listening."""
+
     def close(self) -> None: ...
 
 
@@ -91,6 +94,9 @@ class _RedisWriter:
             self.client.delete(self.key)
         return bool(alive)
 
+    def alive(self) -> bool:
+        return bool(self.client.exists(self.alive_key))
+
     def close(self) -> None:
         return None
 
@@ -108,6 +114,9 @@ class _FileWriter:
             return False
         os.write(self.fd, _encode(event))
         return True
+
+    def alive(self) -> bool:
+        return self.fd is not None and self.path.exists()
 
     def close(self) -> None:
         if self.fd is not None:
