@@ -140,11 +140,12 @@ def train_policy(
     if start is not None:
         start = checkpoint.require_inside(start, out)
     trainer.train(resume_from_checkpoint=str(start) if start else None)
-    model_dir_out = _publish_final_model(run_dir, out) if trainer.accelerator.is_main_process else None
+    finished = not bridge.cancelled
+    final = _publish_final_model(run_dir, out) if finished and trainer.accelerator.is_main_process else None
     trainer.accelerator.wait_for_everyone()
     return TrainResult(
         out_dir=out,
-        model_dir=model_dir_out if not bridge.cancelled else None,
+        model_dir=final,
         steps=trainer.state.global_step,
         cancelled=bridge.cancelled,
         skipped_pairs=skipped,
