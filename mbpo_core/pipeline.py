@@ -421,6 +421,13 @@ class CheckpointInfo:
     metrics: dict[str, float]
 
 
+def checkpoint_steps(layout: RunLayout) -> list[int]:
+    """Steps of the complete checkpoints (a directory listing: cheap enough to call every step)."""
+    from mbpo_core.training import checkpoint
+
+    return checkpoint.checkpoint_steps(layout.checkpoints_dir)
+
+
 def list_checkpoints(layout: RunLayout) -> list[CheckpointInfo]:
     """The complete checkpoints of the run, oldest first, with the logged metrics of their step."""
     from mbpo_core.training import checkpoint

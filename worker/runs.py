@@ -124,6 +124,7 @@ class RunRecorder:
     _cancel_requested: bool = False
     _started: float = field(default_factory=time.monotonic)
     _progress_at_start: float = 0.0
+    _synced_steps: list[int] | None = None  # checkpoint steps last mirrored into the table
 
     def load_state(self) -> None:
         with self.factory() as session:
@@ -330,6 +331,8 @@ class RunRecorder:
     def sync_checkpoints(self, eval_scores: dict[str, Any] | None = None) -> None:
         """Mirror the complete checkpoints on disk into the table (rotated ones are removed);
         `eval_scores` is attached to the newest one (the model the run publishes)."""
+        if eval_scores is None and pipeline.checkpoint_steps(self.layout) == self._synced_steps:
+            return
         found = pipeline.list_checkpoints(self.layout)
         steps = {c.step for c in found}
         events = []
@@ -361,6 +364,7 @@ class RunRecorder:
                     delete(Checkpoint).where(Checkpoint.run_id == self.run_id, Checkpoint.step.in_(gone))
                 )
             self._commit_events(session, events)
+        self._synced_steps = sorted(steps)
 
     # ---- the end -----------------------------------------------------------------------------
 
