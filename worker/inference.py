@@ -16,6 +16,7 @@ import base64
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
@@ -52,10 +53,15 @@ def get_model_cache(settings: Settings) -> ModelCache:
         return _cache
 
 
-def _source(spec: dict[str, Any]) -> ModelSource:
+def _source(settings: Settings, spec: dict[str, Any]) -> ModelSource:
     from mbpo_core.serving import ModelSource
 
-    return ModelSource(key=spec["key"], path=spec["path"], base_path=spec.get("base_path"))
+    # Checkpoint paths are recorded relative to the storage root (MBPO_HOME), which every process
+    # of a deployment shares; base-model paths are absolute.
+    path = Path(spec["path"])
+    if not path.is_absolute():
+        path = settings.home_dir / path
+    return ModelSource(key=spec["key"], path=str(path), base_path=spec.get("base_path"))
 
 
 def _fail(writer: ReplyWriter, exc: BaseException) -> None:
@@ -115,7 +121,7 @@ def run_chat_completion(settings: Settings, payload: dict[str, Any]) -> None:
         if stream:
             request.on_text = on_text
         cache = get_model_cache(settings)
-        source = _source(payload["model"])
+        source = _source(settings, payload["model"])
         if stream:
             cache.get(source)  # load (or find) the model before the stream starts
             writer.send({"t": "start"})
@@ -146,7 +152,7 @@ def run_spot_check(settings: Settings, payload: dict[str, Any]) -> None:
         image = pixels_from_bytes(base64.b64decode(payload["image"]))
         started = time.monotonic()
         result = get_model_cache(settings).run(
-            _source(payload["model"]),
+            _source(settings, payload["model"]),
             lambda adapter: spot_check(
                 adapter,
                 image,
