@@ -82,8 +82,19 @@
     }
     if (!M.isActive(r.status)) {
       $("run-live").textContent = "finished";
-      if (source) { source.close(); source = null; }
+      if (source) {
+        // The run ended before the stream delivered its last events: read them instead.
+        source.close();
+        source = null;
+        catchUp();
+      }
     }
+  }
+
+  function catchUp() {
+    return M.api(base + "/events?after=" + lastSeq).then(function (body) {
+      (Array.isArray(body) ? body : (body.data || [])).forEach(addEvent);
+    }).catch(function () {});
   }
 
   function loadRun() {
@@ -271,9 +282,7 @@
     if (run && M.isActive(run.status)) connect();
     else {
       $("run-live").textContent = run ? "finished" : "–";
-      M.api(base + "/events?after=0").then(function (body) {
-        (Array.isArray(body) ? body : (body.data || body.events || [])).forEach(addEvent);
-      }).catch(function () {});
+      catchUp();
     }
   });
   loadMetrics();
