@@ -5,6 +5,7 @@ tests; the kill, cancel and resume tests each launch a short online-only run."""
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 import time
 from collections import Counter
@@ -298,3 +299,25 @@ def test_cancel_while_training_then_resume(client: httpx.Client, refs: dict[str,
     assert after_resume[0] == stopped + 1
     finished = client.post(f"/v1/runs/{run_id}/cancel")
     assert finished.status_code == 409 and finished.json()["error"]["code"] == "run_finished"
+
+
+def test_a_failing_run_records_its_error(
+    client: httpx.Client, refs: dict[str, Any], stack: rh.Stack, testbed: Path
+) -> None:
+    """The model directory vanished after registration: the run fails in `validating` with a code
+    and a message, and is not left running."""
+    copy = stack.base / "roots" / "vanishing-model"
+    shutil.copytree(testbed / "base_model", copy)
+    model = client.post("/v1/models", json={"name": "vanishing", "path": str(copy)}).json()
+    shutil.rmtree(copy)
+    body = {
+        **_body(refs, "failing", rh.quick_config(), offline=False, evals=[]),
+        "base_model_id": model["id"],
+    }
+    run_id = client.post("/v1/runs", json=body).json()["id"]
+    run = rh.wait_status(client, run_id, {"failed", "succeeded"}, timeout=120)
+    assert run["status"] == "failed" and run["stage"] == "validating"
+    assert run["error"]["code"] == "invalid_model" and str(copy) in run["error"]["message"]
+    last = rh.all_events(client, run_id)[-1]
+    assert last["type"] == "run_failed" and last["level"] == "error"
+    assert last["data"]["error_code"] == "invalid_model"
