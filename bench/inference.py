@@ -157,12 +157,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="sequential requests for latency")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per throughput level")
     parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of this process and of the worker (OMP_NUM_THREADS); on a small shared "
+        "machine, spinning OpenMP threads of one process slow the other down",
+    )
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     scratch = Path(tempfile.mkdtemp(prefix="mbpo-bench-inference-"))
     model_dir, model_kind = pick_model(args.model, scratch)
     png = png_bytes(IMAGE_SIZE, IMAGE_SIZE, seed=1)
-    report: dict[str, Any] = {"model": str(model_dir), "model_kind": model_kind, "max_tokens": MAX_TOKENS}
+    report: dict[str, Any] = {
+        "model": str(model_dir),
+        "model_kind": model_kind,
+        "max_tokens": MAX_TOKENS,
+        "torch_threads": args.threads,
+    }
 
     generate = Direct(model_dir, png)
     _, answer = generate()  # warm-up
@@ -192,6 +207,7 @@ def main() -> None:
             MBPO_BROKER_KEY_PREFIX=prefix,
             MBPO_HOME=str(scratch / "home"),
             MBPO_LOG_LEVEL="WARNING",
+            OMP_NUM_THREADS=str(args.threads),
         )
         port = services.free_port()
         url = f"http://127.0.0.1:{port}"
