@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +137,7 @@ def format_event(payload: dict[str, Any]) -> bytes:
 
 async def event_stream(
     factory: sessionmaker[Session], settings: Settings, run_id: str, after: int
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     hub = get_hub(settings)
     queue = hub.subscribe(run_id) if hub is not None else None
     last = after

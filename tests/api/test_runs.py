@@ -4,6 +4,7 @@ and the SSE replay, pagination, and the path safety of artefact and checkpoint d
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import tarfile
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.db.base import utcnow
 from api.db.models import Artefact, BaseModelRecord, Checkpoint, Dataset, Run, RunStatus
 from api.events.store import append_event
+from api.events.stream import event_stream, get_hub
 from api.settings import Settings
 from tests.api.conftest import KeyFor
 from tests.helpers import services
@@ -450,3 +452,27 @@ def test_artefact_files_stay_inside_the_run(
         client.get(f"/v1/runs/{run_id}/negatives", params={"cursor": "!!"}, headers=alice.headers).status_code
         == 422
     )
+
+
+def test_a_closed_stream_leaves_no_subscription_behind(
+    settings: Settings, alice: KeyFor, refs: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    """What the server does when a client disconnects: the stream generator is closed; its queue
+    must leave the process's event hub (nothing accumulates for clients that are gone)."""
+    run_id = _run(session_factory, alice, refs, status=RunStatus.training)
+    with session_factory.begin() as session:
+        append_event(session, run_id, "stage_started", "training started", stage="training")
+
+    async def scenario() -> None:
+        hub = get_hub(settings)
+        assert hub is not None  # the broker is Redis: live delivery through the hub
+        stream = event_stream(session_factory, settings, run_id, 0)
+        assert await stream.__anext__() == b"retry: 2000\n\n"
+        assert (await stream.__anext__()).startswith(b"id: 1\nevent: stage_started\n")
+        assert hub.clients == 1 and run_id in hub.listeners
+        await stream.aclose()
+        assert hub.clients == 0 and run_id not in hub.listeners
+        if hub.task is not None:
+            hub.task.cancel()
+
+    asyncio.run(scenario())
