@@ -10,6 +10,8 @@
   var errorBox = $("spot-error");
   var submit = $("spot-submit");
   var imageData = null;  // data: URL of the chosen image
+  var labels = {};  // model name (model:<id>, run:<id>[@step]) -> readable label
+  function labelOf(name) { return labels[name] || name; }
 
   function showError(message) { errorBox.textContent = message; errorBox.hidden = !message; }
 
@@ -57,6 +59,11 @@
       res[1].forEach(function (r) { entries.push({ name: "run:" + r.id, label: (r.name || r.id) + " (aligned, latest checkpoint)" }); });
       var box = M.clear($("spot-models"));
       entries = entries.filter(function (e) { if (seen[e.name]) return false; seen[e.name] = true; return true; });
+      entries.forEach(function (e) {
+        var label = e.label.replace(/ \((model|run):[^)]*\)$/, "");
+        if (/^run:[^@]+$/.test(e.name) && label.indexOf("latest") < 0) label += " (latest checkpoint)";
+        labels[e.name] = label;
+      });
       if (!entries.length) { box.appendChild(el("p", { class: "muted", text: "No models available." })); return; }
       entries.forEach(function (e, i) {
         box.appendChild(el("label", { class: "check" },
@@ -108,7 +115,7 @@
   function resultCard(r) {
     var followsPrior = typeof r.same_as_prior === "boolean" ? r.same_as_prior : (r.answer !== undefined && same(r.answer, r.null_answer));
     return el("div", { class: "answer-card" + (followsPrior ? " prior" : "") },
-      el("h3", { text: r.model || "?" }),
+      el("h3", { text: labelOf(r.model || "?"), title: r.model || "" }),
       r.error ? el("p", { class: "alert alert-error", text: (r.error.message || r.error) }) : [
         el("span", { class: "label", text: "answer" }),
         el("p", { class: "big", text: String(r.answer) }),
@@ -143,7 +150,7 @@
       if (!list.length) { box.appendChild(el("p", { class: "muted", text: "No spot-checks yet." })); return; }
       list.forEach(function (c) {
         var answers = resultsOf(c).map(function (r) {
-          return el("span", { class: "tag", text: (r.model || "?") + ": " + (r.error ? "error" : r.answer) + (r.error ? "" : " (prior: " + r.null_answer + ")") });
+          return el("span", { class: "tag", text: labelOf(r.model || "?") + ": " + (r.error ? "error" : r.answer) + (r.error ? "" : " (prior: " + r.null_answer + ")") });
         });
         var item = el("div", { class: "history-item" },
           thumbOf(c) ? el("img", { src: thumbOf(c), alt: "" }) : el("div"),
@@ -173,7 +180,6 @@
       .then(function () { submit.disabled = false; submit.textContent = "Ask"; });
   });
 
-  loadModels();
+  loadModels().then(loadHistory);
   loadDatasets();
-  loadHistory();
 })();
