@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from api.deps import PrincipalDep, SessionDep, SettingsDep
 from api.models import service
-from api.models.schemas import ModelCreate, ModelRead, ServedModelList
+from api.models.schemas import ModelCreate, ModelRead, ServedModel, ServedModelList
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -26,6 +26,10 @@ def list_models(session: SessionDep, principal: PrincipalDep) -> ServedModelList
     return ServedModelList.of(service.list_served_models(session, principal))
 
 
-@router.get("/{model_id}", response_model=ModelRead)
-def get_model(model_id: str, session: SessionDep, principal: PrincipalDep) -> ModelRead:
+@router.get("/{model_id}", response_model=ModelRead | ServedModel)
+def get_model(model_id: str, session: SessionDep, principal: PrincipalDep) -> ModelRead | ServedModel:
+    """A registered base model by its id (`mdl_...`), or, for a served name (`model:<id>`,
+    `run:<id>`, `run:<id>@<step>`), its OpenAI model object (what `client.models.retrieve` reads)."""
+    if ":" in model_id:
+        return ServedModel.model_validate(service.get_served_model(session, principal, model_id))
     return ModelRead.model_validate(service.get_model(session, principal, model_id))

@@ -58,3 +58,10 @@ def list_models(
 def list_served_models(session: Session, principal: Principal) -> list[dict[str, Any]]:
     """Everything chat completions can serve to `principal`, as OpenAI model objects."""
     return list_inference_models(session, principal)
+
+
+def get_served_model(session: Session, principal: Principal, name: str) -> dict[str, Any]:
+    for entry in list_inference_models(session, principal):
+        if entry["id"] == name:
+            return entry
+    raise NotFound(f"model {name!r} not found", code="model_not_found")

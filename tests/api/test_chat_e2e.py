@@ -167,6 +167,10 @@ def test_models_list_names_base_models_and_checkpoints(service: Service) -> None
     assert models[f"run:{run}"].model_dump()["step"] == 4  # newest complete checkpoint
     assert models[service.base].model_dump()["kind"] == "base_model"
     assert all(m.object == "model" for m in models.values())
+    retrieved = service.client().models.retrieve(f"run:{run}@2")
+    assert retrieved.id == f"run:{run}@2" and retrieved.model_dump()["kind"] == "checkpoint"
+    with pytest.raises(openai.NotFoundError):
+        service.client().models.retrieve(f"run:{run}@6")
 
 
 def test_completion_with_an_image_on_the_base_model(service: Service) -> None:
