@@ -1,16 +1,16 @@
-"""`mbpo run`: score -> mine -> train -> evaluate on one machine, without the service.
+"""`mbpo run`: validate -> score -> mine -> train -> evaluate on one machine, without the service.
 
 The run file (YAML) is a `RunSpec`: where the data and the model are, where the run goes, and the
 `MBPOConfig` it runs. Paths are relative to the run file. Instead of `model`/`pool`/`online`/`eval`,
 a spec may name a `testbed` to build (or reuse) under `out/testbed`, the CPU-scale world of DESIGN 5.
+The stages are the service's own (`mbpo_core.pipeline.run_all`), so a local run and a service run
+write the same directory and resume the same way:
 
     out/testbed/          (testbed specs only) datasets/<split>/manifest.jsonl, base_model/
-    out/mining/           pairs.jsonl, perturbed/*.png, summary.json   (mbpo_core.mining)
-    out/train/            checkpoints/checkpoint-N/, model/            (the aligned model)
-    out/report.json       base vs aligned on every eval split, mining summary, training summary
-
-Every stage is resumable: re-running the same spec continues mining where it stopped and training
-from its newest checkpoint; evaluation is recomputed.
+    out/mining/           pairs.jsonl, perturbed/*.png, summary.json
+    out/training/         checkpoints/checkpoint-N/, model/            (the aligned model)
+    out/eval/             per (model, split) results
+    out/report.json       base vs aligned on every eval split, attack success, mining and training
 """
 
 from __future__ import annotations
@@ -83,63 +83,38 @@ def run_pipeline(
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Path:
-    """Run every stage of `spec`; returns the path of report.json."""
-    out = spec.out
-    out.mkdir(parents=True, exist_ok=True)
-    report_stage = _stage_reporter(progress)
-    spec = _with_testbed_paths(spec, report_stage)
-    assert spec.model is not None and spec.pool is not None
-    config = spec.config
-    timings: dict[str, float] = {}
+    """Run every stage of `spec` (resuming what an earlier run of it left); returns report.json."""
+    from mbpo_core.pipeline import RunInputs, RunLayout, run_all
 
-    start = time.perf_counter()
-    mining = _mine(spec, report_stage)
-    timings["mining_s"] = time.perf_counter() - start
-
-    from mbpo_core.training.session import train_policy
-
-    start = time.perf_counter()
-    training = train_policy(
-        spec.model,
-        out / "train",
-        config,
-        online=spec.online,
-        pairs=out / "mining" / "pairs.jsonl",
-        progress=progress,
-        should_stop=should_stop,
-        resume=True,
+    spec.out.mkdir(parents=True, exist_ok=True)
+    spec = _with_testbed_paths(spec, _stage_reporter(progress))
+    assert spec.model is not None
+    inputs = RunInputs(
+        model_dir=spec.model,
+        offline_manifest=spec.pool,
+        online_manifest=spec.online,
+        eval_manifests=dict(spec.eval),
     )
-    timings["training_s"] = time.perf_counter() - start
-    if training.cancelled or training.model_dir is None:
-        raise RuntimeError("training was stopped before it finished; re-run the same spec to resume")
-
-    start = time.perf_counter()
-    base = _evaluate(spec.model, spec, report_stage, "base")
-    aligned = _evaluate(training.model_dir, spec, report_stage, "aligned")
-    attack = {}
-    if config.eval.attack_eval:
-        attack = {
-            label: _attack_success(model_dir, spec, label, report_stage)
-            for label, model_dir in (("base", spec.model), ("aligned", training.model_dir))
-        }
-    timings["evaluation_s"] = time.perf_counter() - start
-
+    started = time.monotonic()
+    results = run_all(
+        inputs,
+        RunLayout(spec.out),
+        spec.config,
+        report=_stage_progress(progress, started),
+        should_stop=should_stop,
+    )
+    evaluation = results["evaluating"]
     report = {
-        "base": base,
-        "aligned": aligned,
-        "delta": compare(base, aligned),
-        "attack_eval": attack,
-        "mining": mining,
-        "training": {
-            "steps": training.steps,
-            "model": str(training.model_dir),
-            "skipped_pairs": training.skipped_pairs,
-            "last_log": next((e for e in reversed(training.log_history) if "loss" in e), {}),
-        },
-        "timings": timings,
+        "base": evaluation["base"],
+        "aligned": evaluation["aligned"],
+        "delta": compare(evaluation["base"], evaluation["aligned"]),
+        "attack": evaluation.get("attack", {}),
+        "mining": results["mining"],
+        "training": results["training"],
+        "elapsed_s": time.monotonic() - started,
         "spec": json.loads(spec.model_dump_json()),
     }
-    path = out / REPORT_NAME
+    path = spec.out / REPORT_NAME
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(path)
@@ -159,6 +134,26 @@ def compare(
         for split in base
         if split in aligned
     }
+
+
+def _stage_progress(progress: ProgressCallback | None, started: float) -> Callable[[Any], None]:
+    """The pipeline's StageProgress -> ProgressEvent (stage:phase, done/total, ETA, metrics)."""
+
+    def report(stage: Any) -> None:
+        if progress is not None:
+            name = f"{stage.stage}:{stage.phase}" if stage.phase else stage.stage
+            progress(
+                ProgressEvent(
+                    stage=name,
+                    step=stage.done,
+                    total=stage.total,
+                    elapsed_s=time.monotonic() - started,
+                    eta_s=stage.eta_s,
+                    metrics=dict(stage.metrics),
+                )
+            )
+
+    return report
 
 
 def _stage_reporter(progress: ProgressCallback | None) -> Callable[[str, int, int], None]:
@@ -195,75 +190,3 @@ def _with_testbed_paths(spec: RunSpec, report: Callable[[str, int, int], None]) 
             "eval": {split: manifest_path(root, split) for split in EVAL_SPLITS},
         }
     )
-
-
-def _mine(spec: RunSpec, report: Callable[[str, int, int], None]) -> dict[str, Any]:
-    from mbpo_core.mining import mine
-    from mbpo_core.models import load_adapter
-    from mbpo_core.training.session import resolve_device, resolve_dtype
-
-    assert spec.model is not None and spec.pool is not None
-    device = resolve_device(spec.config.device)
-    adapter = load_adapter(spec.model, device=device, dtype=resolve_dtype(spec.config.dtype, device))
-    summary = mine(
-        adapter,
-        spec.pool,
-        spec.out / "mining",
-        spec.config,
-        on_progress=lambda s, d, t: report(f"mining:{s}", d, t),
-    )
-    result: dict[str, Any] = summary.to_dict()
-    return result
-
-
-def _attack_success(
-    model_dir: Path, spec: RunSpec, label: str, report: Callable[[str, int, int], None]
-) -> dict[str, Any]:
-    """A fresh PGD attack on `model_dir` (DESIGN 2.6): mining's attack on the hardest eval split."""
-    from mbpo_core.mining import mine
-    from mbpo_core.models import load_adapter
-    from mbpo_core.training.session import resolve_device, resolve_dtype
-
-    split = "pope_adversarial" if "pope_adversarial" in spec.eval else sorted(spec.eval)[0]
-    device = resolve_device(spec.config.device)
-    adapter = load_adapter(model_dir, device=device, dtype=resolve_dtype(spec.config.dtype, device))
-    summary = mine(
-        adapter,
-        spec.eval[split],
-        spec.out / "attack_eval" / label,
-        spec.config,
-        limit=spec.config.eval.limit,
-        on_progress=lambda s, d, t: report(f"attack_eval:{label}:{s}", d, t),
-    )
-    return {
-        "split": split,
-        "attack_success_rate": summary.attack_success_rate,
-        "baseline_random_noise": summary.baseline_random_noise,
-    }
-
-
-def _evaluate(
-    model_dir: Path, spec: RunSpec, report: Callable[[str, int, int], None], label: str
-) -> dict[str, dict[str, float]]:
-    from mbpo_core.evaluation import evaluate_manifest
-    from mbpo_core.models import load_adapter
-    from mbpo_core.training.session import resolve_device, resolve_dtype
-
-    device = resolve_device(spec.config.device)
-    adapter = load_adapter(model_dir, device=device, dtype=resolve_dtype(spec.config.dtype, device))
-    settings = spec.config.eval
-    metrics = {}
-    for i, (split, manifest) in enumerate(sorted(spec.eval.items())):
-        report(f"evaluating:{label}", i, len(spec.eval))
-        evaluation = evaluate_manifest(
-            adapter,
-            manifest,
-            limit=settings.limit,
-            seed=spec.config.seed,
-            batch_size=settings.batch_size,
-            max_new_tokens=settings.max_new_tokens,
-            null_image=spec.config.iig.null_image,
-        )
-        metrics[split] = evaluation.metrics
-    report(f"evaluating:{label}", len(spec.eval), len(spec.eval))
-    return metrics

@@ -60,4 +60,7 @@ def test_pipeline_writes_a_report_on_every_eval_split(tiny_model_dir, tiny_data,
     assert set(report["base"]) == set(report["aligned"]) == set(report["delta"]) == {"tiny_a", "tiny_b"}
     assert report["training"]["steps"] == 2
     assert "attack_success_rate" in report["mining"]
-    assert (tmp_path / "run" / "train" / "model" / "config.json").is_file()
+    assert (tmp_path / "run" / "training" / "model" / "config.json").is_file()
+    # A second run of the same spec finds every stage finished and rewrites the same report.
+    again = json.loads(run_pipeline(spec).read_text())
+    assert again["aligned"] == report["aligned"]
