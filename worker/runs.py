@@ -54,6 +54,7 @@ CLAIMABLE = [RunStatus.queued, *pipeline.STAGES]
 # Share of the overall progress each stage represents (rough CPU/GPU time of a typical run).
 STAGE_WEIGHTS = {"validating": 0.02, "scoring": 0.13, "mining": 0.25, "training": 0.45, "evaluating": 0.15}
 PROGRESS_WRITE_INTERVAL = 1.0  # seconds between progress writes (training steps are always written)
+PROGRESS_EVENT_INTERVAL = 5.0  # seconds between stage_progress events (the log stays readable)
 CANCEL_POLL_INTERVAL = 0.5  # seconds between reads of the cancel flag
 HASHED_FILE_LIMIT = 256 * 1024 * 1024  # artefacts larger than this get no sha256 (weights)
 
@@ -120,6 +121,7 @@ class RunRecorder:
     stage_progress: dict[str, float] = field(default_factory=dict)
     recorded_step: int = 0  # highest training step already in run_metrics (from any attempt)
     _last_write: float = 0.0
+    _last_event: float = 0.0
     _last_cancel_check: float = 0.0
     _cancel_requested: bool = False
     _started: float = field(default_factory=time.monotonic)
@@ -248,13 +250,20 @@ class RunRecorder:
             self.lost.set()
             return
         if is_step:
-            self._record_step(p)
-        else:
+            self._record_step(p, progress)
+        elif p.done >= p.total or now - self._last_event >= PROGRESS_EVENT_INTERVAL:
+            self._last_event = now
             self.event(
                 "stage_progress",
                 f"{p.stage}: {p.done}/{p.total}",
                 stage=p.stage,
-                data={"done": p.done, "total": p.total, "phase": p.phase, "eta_s": p.eta_s},
+                data={
+                    "done": p.done,
+                    "total": p.total,
+                    "phase": p.phase,
+                    "eta_s": p.eta_s,
+                    "progress": progress,
+                },
             )
 
     def _eta(self, progress: float, stage_eta: float | None) -> float | None:
@@ -263,7 +272,7 @@ class RunRecorder:
             return round((time.monotonic() - self._started) / gained * (1 - progress), 1)
         return round(stage_eta, 1) if stage_eta is not None else None
 
-    def _record_step(self, p: StageProgress) -> None:
+    def _record_step(self, p: StageProgress, progress: float) -> None:
         assert p.step is not None
         if p.step <= self.recorded_step:
             # Re-run after resuming from an earlier checkpoint: the step is already recorded.
@@ -279,7 +288,13 @@ class RunRecorder:
                 "train_step",
                 f"step {p.step}/{p.total}",
                 stage=p.stage,
-                data={"step": p.step, "total": p.total, "eta_s": p.eta_s, "metrics": p.metrics},
+                data={
+                    "step": p.step,
+                    "total": p.total,
+                    "eta_s": p.eta_s,
+                    "metrics": p.metrics,
+                    "progress": progress,
+                },
             )
             self._commit_events(session, [event])
         self.recorded_step = p.step

@@ -20,6 +20,7 @@ from api.events.stream import event_stream
 from api.pagination import Page, decode_cursor, encode_cursor
 from api.runs import service
 from api.runs.schemas import (
+    ArtefactRead,
     CheckpointRead,
     EventPage,
     MetricPoint,
@@ -182,6 +183,13 @@ def list_negatives(
         session, settings, principal, run_id, cursor, limit
     )
     return NegativePage(data=data, total=total, next_cursor=next_cursor, summary=summary)
+
+
+@router.get("/{run_id}/artefacts", response_model=list[ArtefactRead])
+def list_artefacts(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> list[ArtefactRead]:
+    """What the run stored: validation report, IIG scores, mined pairs, mining summary, the aligned
+    model directory, the evaluation report."""
+    return service.list_artefacts(session, principal, run_id)
 
 
 @router.get("/{run_id}/checkpoints", response_model=list[CheckpointRead])

@@ -132,3 +132,16 @@ class CheckpointRead(BaseModel):
     eval_scores: dict[str, Any] | None
     created_at: datetime
     download_url: str
+
+
+class ArtefactRead(BaseModel):
+    id: str
+    kind: str = Field(
+        description="validation_report, iig_scores, mined_pairs, mining_summary, model, eval_report"
+    )
+    path: str = Field(description="Path inside the run directory.")
+    size_bytes: int | None
+    sha256: str | None
+    meta: dict[str, Any]
+    created_at: datetime
+    download_url: str | None = Field(description="For files served by /v1/artefacts (reports, pairs).")

@@ -28,7 +28,7 @@ from api.events.store import append_event, event_payload, events_after
 from api.jobs import JobQueue, TaskName
 from api.models.repository import ModelRepository
 from api.runs.repository import RunRepository
-from api.runs.schemas import NegativeRead, RunCreate
+from api.runs.schemas import ArtefactRead, NegativeRead, RunCreate
 from api.settings import Settings
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -399,3 +399,21 @@ def artefact_file(
     if not real.is_relative_to(root) or not real.is_file() or media_type is None:
         raise NotFound("file not found")
     return real, media_type
+
+
+def list_artefacts(session: Session, principal: Principal, run_id: str) -> list[ArtefactRead]:
+    get_run(session, principal, run_id)
+    prefix = f"runs/{run_id}/"
+    return [
+        ArtefactRead(
+            id=a.id,
+            kind=a.kind,
+            path=a.path.removeprefix(prefix),
+            size_bytes=a.size_bytes,
+            sha256=a.sha256,
+            meta=a.meta,
+            created_at=a.created_at,
+            download_url=f"/v1/artefacts/{a.id}" if Path(a.path).suffix in ARTEFACT_FILE_TYPES else None,
+        )
+        for a in RunRepository(session).artefacts(run_id)
+    ]

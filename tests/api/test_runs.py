@@ -311,6 +311,7 @@ def test_another_users_run_is_not_found(
         ("GET", "/metrics"),
         ("GET", "/negatives"),
         ("GET", "/checkpoints"),
+        ("GET", "/artefacts"),
         ("GET", "/checkpoints/1/download"),
     ]:
         response = client.request(method, f"/v1/runs/{run_id}{path}", headers=bob.headers)

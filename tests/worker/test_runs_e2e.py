@@ -198,6 +198,12 @@ def test_metrics_checkpoints_and_negatives(full_run: dict[str, Any], client: htt
     assert [c["step"] for c in checkpoints] == [1, 2, 3]
     assert checkpoints[-1]["eval_scores"]["aligned"] == full_run["run"]["scores"]["aligned"]
     assert "loss" in checkpoints[-1]["metrics"]
+    artefacts = {a["kind"]: a for a in client.get(f"/v1/runs/{run_id}/artefacts").json()}
+    kinds = {"validation_report", "iig_scores", "mined_pairs", "mining_summary", "model", "eval_report"}
+    assert set(artefacts) == kinds
+    assert artefacts["model"]["path"] == "training/model" and artefacts["model"]["download_url"] is None
+    report = client.get(artefacts["eval_report"]["download_url"])
+    assert report.status_code == 200 and report.json() == full_run["run"]["scores"]
     negatives = client.get(f"/v1/runs/{run_id}/negatives", params={"limit": 2}).json()
     assert negatives["summary"]["n_pairs"] == negatives["total"]
     if negatives["total"]:
