@@ -164,6 +164,7 @@ def test_sse_reconnect_has_no_gap_or_duplicate(full_run: dict[str, Any], client:
     stored = rh.all_events(client, full_run["run"]["id"])
     assert seqs == [e["seq"] for e in stored]  # the union of both connections, in order, once each
     assert full_run["sse_ended"] and full_run["sse"][-1]["type"] == "run_succeeded"
+    assert full_run["pings"] > 0  # keep-alive comments while nothing happened for a second
     # A finished run's stream replays what follows Last-Event-ID and closes.
     tail, _, ended = rh.read_sse(
         client, f"/v1/runs/{full_run['run']['id']}/events/stream", last_event_id=seqs[-3]
