@@ -530,11 +530,8 @@ def _attack_success(
     `eval.limit` samples, resumable in eval/attack/<model>/."""
     from mbpo_core import mining
 
-    split = (
-        "pope_adversarial"
-        if "pope_adversarial" in inputs.eval_manifests
-        else sorted(inputs.eval_manifests)[0]
-    )
+    names = sorted(inputs.eval_manifests)
+    split = next((name for name in names if name.endswith("pope_adversarial")), names[0])
 
     def on_progress(phase: str, done: int, total: int) -> None:
         if phase == "attack":  # the split's evaluation is complete; this is its attack phase
