@@ -160,12 +160,7 @@ class HybridGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         self._local_roles = self._roles_of(inputs)
         self._local_fixed_answers = [
-            row["mined_chosen"]
-            if role == AnswerRole.CHOSEN
-            else row["mined_rejected"]
-            if role == AnswerRole.REJECTED
-            else None
-            for row, role in zip(inputs, self._local_roles.tolist(), strict=True)
+            _mined_answer(row, role) for row, role in zip(inputs, self._local_roles.tolist(), strict=True)
         ]
         output = super()._generate_and_score_completions(inputs)
         rewards = (self._pinned_rewards * self.reward_weights.to(self._pinned_rewards)).nansum(dim=1)
@@ -343,6 +338,15 @@ class HybridGRPOTrainer(GRPOTrainer):
     def _write_loadable_model(self, target: Path) -> None:
         model = self.accelerator.unwrap_model(self.model)
         checkpoint.write_loadable_model(model, self.processing_class, target)
+
+
+def _mined_answer(row: dict[str, Any], role: int) -> str | None:
+    """The mined text a row's answer is fixed to, or None when the policy samples it."""
+    if role == AnswerRole.CHOSEN:
+        return str(row["mined_chosen"])
+    if role == AnswerRole.REJECTED:
+        return str(row["mined_rejected"])
+    return None
 
 
 def _splice(
