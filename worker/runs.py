@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from api.db.models import (
 )
 from api.db.session import get_session_factory
 from api.events.publish import publish_events
-from api.events.store import append_event, event_payload
+from api.events.store import append_event, event_payload, json_safe
 from api.jobs import TaskName
 from api.settings import Settings, get_settings
 from mbpo_core import pipeline
@@ -224,7 +225,8 @@ class RunRecorder:
             ("stage_started", f"{stage} started", {"stage": stage}),
             Run.status != RunStatus.cancelling,
         )
-        if not entered:
+        if not entered:  # cancelled meanwhile, or the lease is gone: read the row again to know which
+            self._last_cancel_check = 0.0
             self.check()
             raise LeaseLost()
 
@@ -244,7 +246,8 @@ class RunRecorder:
             "progress": progress,
             "eta_seconds": self._eta(progress, p.eta_s),
         }
-        if is_step and p.metrics:
+        if is_step:
+            p = replace(p, metrics={k: v for k, v in p.metrics.items() if math.isfinite(v)})
             values["latest_metrics"] = {"step": p.step, **p.metrics}
         if not self.lease.renew(**values):
             self.lost.set()
@@ -326,7 +329,7 @@ class RunRecorder:
             if row is None:
                 row = Artefact(run_id=self.run_id, kind=kind, path=rel)
                 session.add(row)
-            row.size_bytes, row.sha256, row.meta = size, sha, meta or {}
+            row.size_bytes, row.sha256, row.meta = size, sha, json_safe(meta or {})
 
     def register_stage_artefacts(self, stage: str, result: dict[str, Any]) -> None:
         layout = self.layout
@@ -370,9 +373,9 @@ class RunRecorder:
                             data={"step": info.step, "metrics": info.metrics},
                         )
                     )
-                row.complete, row.metrics = True, info.metrics
+                row.complete, row.metrics = True, json_safe(info.metrics)
                 if eval_scores is not None and info is found[-1]:
-                    row.eval_scores = eval_scores
+                    row.eval_scores = json_safe(eval_scores)
             gone = [s for s in rows if s not in steps]
             if gone:
                 session.execute(
@@ -480,7 +483,7 @@ def _execute(recorder: RunRecorder, factory: sessionmaker[Session], layout: RunL
     done = recorder.finish(
         RunStatus.succeeded,
         "run succeeded",
-        scores=scores,
+        scores=json_safe(scores),
         progress=1.0,
         stage_progress={s: 1.0 for s in pipeline.STAGES},
     )

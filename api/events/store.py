@@ -9,6 +9,7 @@ never happens. Publishing happens after the commit (see `api.events.publish`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,18 @@ from api.db.models import Run, RunEvent
 
 # Event types after which a run does nothing more (until someone resumes it).
 TERMINAL_EVENT_TYPES = frozenset({"run_succeeded", "run_failed", "run_cancelled"})
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with non-finite floats (NaN, inf: a metric of an empty group) replaced by None, so it
+    is valid JSON for clients and for PostgreSQL's JSONB."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def append_event(
@@ -38,7 +51,13 @@ def append_event(
         execution_options={"synchronize_session": False},
     ).scalar_one()
     event = RunEvent(
-        run_id=run_id, seq=seq, type=type, stage=stage, level=level, message=message, data=data or {}
+        run_id=run_id,
+        seq=seq,
+        type=type,
+        stage=stage,
+        level=level,
+        message=message,
+        data=json_safe(data or {}),
     )
     session.add(event)
     session.flush()

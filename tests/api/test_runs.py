@@ -477,3 +477,16 @@ def test_a_closed_stream_leaves_no_subscription_behind(
             hub.task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_events_with_non_finite_metrics_are_stored_as_valid_json(
+    client: TestClient, alice: KeyFor, refs: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    """A metric of an empty group is NaN; JSONB (and JSON clients) refuse NaN, so it becomes null."""
+    run_id = _run(session_factory, alice, refs, status=RunStatus.training)
+    with session_factory.begin() as session:
+        append_event(
+            session, run_id, "train_step", "step 1", data={"metrics": {"kl": float("nan"), "loss": 0.5}}
+        )
+    events = client.get(f"/v1/runs/{run_id}/events", headers=alice.headers).json()["data"]
+    assert events[0]["data"] == {"metrics": {"kl": None, "loss": 0.5}}
