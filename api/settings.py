@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     sse_ping_seconds: float = Field(
         15, gt=0, description="Keep-alive comment interval of event streams (also their database re-check)."
     )
+    run_stall_seconds: float = Field(
+        3600,
+        gt=0,
+        description="A run that reports no progress for this long is presumed hung: its worker stops "
+        "renewing the lease, so the sweeper re-queues it (or fails it after max_attempts).",
+    )
     inference_allow_image_urls: bool = Field(
         False,
         description="Let chat completions fetch http(s) image URLs (public addresses only); "

@@ -64,6 +64,30 @@ class LeaseLost(Exception):
     """Another worker owns the run now (or it was finished by someone else): stop, write nothing."""
 
 
+@dataclass
+class RunLease(Lease):
+    """The run's lease, renewed by the heartbeat only while the run makes progress.
+
+    The heartbeat thread outlives a hung main thread (a deadlock, a stuck device call); renewing
+    regardless would keep the run `running` forever. Progress writes (`renew` with values) count
+    as activity; after `stall_seconds` without any, the heartbeat's renewal is refused, the lease
+    expires and the sweeper re-queues the run (or fails it after max_attempts)."""
+
+    stall_seconds: float = 3600.0
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def renew(self, **values: Any) -> bool:
+        now = time.monotonic()
+        if values:
+            self.last_activity = now
+        elif now - self.last_activity > self.stall_seconds:
+            log.error(
+                "run %s: no progress for %.0f s; giving the lease up", self.row_id, now - self.last_activity
+            )
+            return False
+        return super().renew(**values)
+
+
 def run_layout(settings: Settings, run_id: str) -> RunLayout:
     return RunLayout(settings.home_dir / "runs" / run_id)
 
@@ -421,7 +445,9 @@ def execute_run(factory: sessionmaker[Session], settings: Settings, run_id: str,
     """Run (or continue) run `run_id` to a terminal state. Returns that state, or None when the run
     was not claimable (a duplicate message, someone else's lease, already finished) or the lease
     was lost midway."""
-    lease = Lease(factory, Run, run_id, owner, timedelta(seconds=settings.lease_seconds))
+    lease = RunLease(
+        factory, Run, run_id, owner, timedelta(seconds=settings.lease_seconds), settings.run_stall_seconds
+    )
     if not lease.claim(CLAIMABLE, started_at=func.coalesce(Run.started_at, utcnow())):
         log.info("run %s: not claimable (finished, cancelled, or leased by another worker)", run_id)
         return None

@@ -4,6 +4,7 @@ second sweeper acting on the same expiry does nothing."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -104,3 +105,18 @@ def test_sweeper_requeues_fails_and_cancels_dead_runs(
     again: list[str] = []
     second = sweep_runs(pg_factory, settings, again.append)
     assert requeue not in second.requeued and again == []
+
+
+def test_a_stalled_run_stops_renewing_its_lease(pg_factory: sessionmaker[Session]) -> None:
+    """The heartbeat outlives a hung run; it must not keep the lease alive without progress."""
+    from worker.runs import RunLease
+
+    owner, model = _owner_and_model(pg_factory)
+    run_id = _run(pg_factory, owner, model)
+    lease = RunLease(pg_factory, Run, run_id, "w-1", timedelta(seconds=30), stall_seconds=0.3)
+    assert lease.claim([RunStatus.queued])
+    assert lease.renew()  # a heartbeat soon after activity
+    time.sleep(0.4)
+    assert not lease.renew()  # a heartbeat after the stall limit: refused
+    assert lease.renew(progress=0.5)  # progress is activity
+    assert lease.renew()
