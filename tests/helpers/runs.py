@@ -44,15 +44,13 @@ def quick_config(**train: Any) -> dict[str, Any]:
 
 
 def quick_testbed() -> Path:
-    """The cached quick testbed (built on first use; shared with the mbpo_core tests).
+    """The cached quick testbed (built on first use; shared with the mbpo_core and browser tests).
     `MBPO_TEST_TESTBED` names an already built testbed to use instead (local iteration)."""
-    from tests.mbpo_core.conftest import REPO, build_quick_testbed
+    from tests.helpers.testbed import quick_testbed_path
 
     if os.environ.get("MBPO_TEST_TESTBED"):
         return Path(os.environ["MBPO_TEST_TESTBED"])
-
-    cache_root = Path(os.environ.get("MBPO_TESTBED_CACHE") or REPO / ".testbed-cache")
-    return build_quick_testbed(cache_root)
+    return quick_testbed_path()
 
 
 def write_subset(testbed: Path, split: str, out_dir: Path, n: int) -> Path:
