@@ -87,7 +87,7 @@ class BuildSpec:
         return cls(
             seed=seed,
             sizes=SplitSizes.quick(),
-            train=BaseTrainConfig(seed=seed, steps=900, warmup_steps=50, stuck_check_step=0),
+            train=BaseTrainConfig(seed=seed, steps=1500, warmup_steps=50, stuck_check_step=0),
             thresholds=PropertyThresholds(min_random_accuracy=0.58, min_false_yes_gap=None),
         )
 
