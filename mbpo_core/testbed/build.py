@@ -7,6 +7,12 @@
 The build checks what the testbed exists to provide and raises `TestbedPropertyError` (after
 writing the report) when it does not hold: the model sees (pope_random accuracy) and hallucinates
 from the prior (false-"yes" rate on pope_adversarial well above pope_random).
+
+A bad run is retrained, not accepted: besides the stuck-run restart inside training, a trained
+model that misses a property (e.g. seed 2 learned to see too slowly: pope_random 0.663 after 2,000
+steps) is discarded and training restarts with the next derived seed, sharing the bounded
+`BaseTrainConfig.max_attempts`. Every attempt is logged and listed in the report's "attempts";
+the checks themselves are never relaxed. Deterministic given the seed.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from mbpo_core.models import load_adapter
 from mbpo_core.models.build import build_processor
 from mbpo_core.testbed.questions import vocabulary
 from mbpo_core.testbed.splits import POPE_SPLITS, SPLITS, SplitSizes, build_splits
-from mbpo_core.testbed.train_base import BaseTrainConfig, train_base_model
+from mbpo_core.testbed.train_base import BaseTrainConfig, TrainReport, attempt_seed, train_base_model
 from mbpo_core.testbed.world import WorldSpec
 from mbpo_core.testbed.writer import MANIFEST_NAME, write_split
 
@@ -83,11 +89,12 @@ class BuildSpec:
     def quick(cls, seed: int = 0) -> BuildSpec:
         """For tests: small splits and a short run; only "beats chance on pope_random" is promised.
 
-        No stuck-run restart: it would double the time (the plateau lasted ~600 steps in trials)."""
+        No stuck-run restart: it would double the time (the plateau lasted ~600 steps in trials).
+        A run that fails the check is retrained once (two attempts): free when the first passes."""
         return cls(
             seed=seed,
             sizes=SplitSizes.quick(),
-            train=BaseTrainConfig(seed=seed, steps=1500, warmup_steps=50, stuck_check_step=0),
+            train=BaseTrainConfig(seed=seed, steps=1500, warmup_steps=50, stuck_check_step=0, max_attempts=2),
             thresholds=PropertyThresholds(min_random_accuracy=0.58, min_false_yes_gap=None),
         )
 
@@ -108,6 +115,15 @@ def check_properties(metrics: dict[str, dict[str, float]], thresholds: PropertyT
             f"{gap:+.3f} < {thresholds.min_false_yes_gap}"
         )
     return failures
+
+
+def next_attempt(failures: list[str], attempt: int, max_attempts: int) -> int | None:
+    """The training attempt to run after attempt `attempt` (0-based) produced a model with these
+    property failures: the next one, or None to stop - the model passed, or attempts are spent (then
+    the build fails loudly with the last model's failures)."""
+    if not failures or attempt + 1 >= max_attempts:
+        return None
+    return attempt + 1
 
 
 def false_yes_gap(metrics: dict[str, dict[str, float]]) -> float:
@@ -136,25 +152,54 @@ def _write_datasets(out: Path, spec: BuildSpec, progress: BuildProgress) -> dict
     return manifests
 
 
-def _train_and_save(out: Path, manifest: Path, spec: BuildSpec, progress: BuildProgress) -> dict[str, Any]:
+def _train_and_save(
+    out: Path,
+    manifest: Path,
+    spec: BuildSpec,
+    progress: BuildProgress,
+    report: TrainReport,
+    attempts: list[dict[str, Any]],
+    first_attempt: int,
+) -> TrainReport:
+    """Train (from attempt `first_attempt`, restarting stuck runs) and save to `out/base_model`.
+    Stuck attempts are appended to `attempts`."""
     processor = build_processor("qwen2_vl", vocabulary(), image_size=spec.world.image_size)
-    progress.start("train base model", spec.train.steps)
+    label = "train base model" if first_attempt == 0 else f"train base model (attempt {first_attempt + 1})"
+    progress.start(label, spec.train.steps)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         progress.advance(1, f"loss {metrics['loss']:.3f} yes/no {metrics['yes_no_loss']:.3f}")
 
     def on_restart(reason: str) -> None:
+        attempt = len(attempts)
+        attempts.append(
+            {
+                "attempt": attempt,
+                "seed": attempt_seed(spec.train.seed, attempt),
+                "outcome": "stuck",
+                "reason": reason,
+            }
+        )
         progress.log(f"stuck run, restarting: {reason}")
-        progress.start("train base model (restart)", spec.train.steps)
+        progress.start(f"train base model (attempt {attempt + 2})", spec.train.steps)
 
-    model, report = train_base_model(manifest, processor, spec.train, on_step=on_step, on_restart=on_restart)
+    model, report = train_base_model(
+        manifest,
+        processor,
+        spec.train,
+        on_step=on_step,
+        on_restart=on_restart,
+        first_attempt=first_attempt,
+        report=report,
+    )
     target = out / "base_model"
     tmp = out / "base_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)  # a rejected earlier attempt's model
     tmp.replace(target)
-    return asdict(report)
+    return report
 
 
 def _evaluate(
@@ -185,25 +230,49 @@ def build_testbed(out: str | Path, spec: BuildSpec, progress: BuildProgress | No
     progress = progress or SilentProgress()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(spec.train.num_threads)
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"datasets_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
+    attempts: list[dict[str, Any]] = []  # one record per training attempt, stuck or finished
+    train_report = TrainReport()
     try:
         start = time.perf_counter()
         manifests = _write_datasets(root, spec, progress)
         timings["datasets_s"] = time.perf_counter() - start
-        train_report = _train_and_save(root, manifests["sft"], spec, progress)
-        timings["train_s"] = time.perf_counter() - start - timings["datasets_s"]
-        metrics, evaluations, samples_per_s = _evaluate(root / "base_model", manifests, spec, progress)
-        timings["eval_s"] = time.perf_counter() - start - timings["datasets_s"] - timings["train_s"]
+        first_attempt: int | None = 0
+        while first_attempt is not None:
+            mark = time.perf_counter()
+            train_report = _train_and_save(
+                root, manifests["sft"], spec, progress, train_report, attempts, first_attempt
+            )
+            timings["train_s"] += time.perf_counter() - mark
+            mark = time.perf_counter()
+            metrics, evaluations, samples_per_s = _evaluate(root / "base_model", manifests, spec, progress)
+            timings["eval_s"] += time.perf_counter() - mark
+            failures = check_properties(metrics, spec.thresholds)
+            attempt = train_report.attempts - 1
+            first_attempt = next_attempt(failures, attempt, spec.train.max_attempts)
+            attempts.append(
+                {
+                    "attempt": attempt,
+                    "seed": attempt_seed(spec.train.seed, attempt),
+                    "outcome": "failed properties" if failures else "passed",
+                    "failures": failures,
+                    "final_yes_no_loss": train_report.final_yes_no_loss,
+                    "accuracy": {name: m["accuracy"] for name, m in metrics.items()},
+                    "false_yes_gap": false_yes_gap(metrics),
+                }
+            )
+            if first_attempt is not None:
+                progress.log(f"attempt {attempt + 1} rejected, retraining: {'; '.join(failures)}")
         timings["total_s"] = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous_threads)
     recall = anchor_recall(evaluations["pope_random"], manifests["pope_random"], spec.world)
-    failures = check_properties(metrics, spec.thresholds)
     report = {
         "seed": spec.seed,
         "sizes": asdict(spec.sizes),
         "splits": {name: len(read_manifest(path)) for name, path in manifests.items()},
-        "train": train_report,
+        "train": asdict(train_report),
+        "attempts": attempts,
         "metrics": metrics,
         "false_yes_gap": false_yes_gap(metrics),
         "positive_recall": recall,

@@ -12,6 +12,9 @@ Two things make a from-scratch VLM this small trainable in minutes:
 - Stuck-run detection: some initialisations stay on the plateau anyway. If the existence-answer
   loss has not left it by `stuck_check_step`, training restarts from a fresh initialisation (seed
   derived from the base seed and the attempt number, so the whole build stays deterministic).
+  Attempts are numbered across the whole build: the build also retrains (from `first_attempt`)
+  when a finished run misses the testbed's properties (see `mbpo_core.testbed.build`), and both
+  kinds of restart share `max_attempts`.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class BaseTrainConfig:
     # a run that sees was below 0.5 by step 800 in trials.
     stuck_check_step: int = 1200
     stuck_loss: float = 0.55
+    # Training attempts in all, stuck restarts and the build's property-check restarts together.
     max_attempts: int = 3
     # One thread: on the shared 2-core machine, two threads per process made a step ~10x slower
     # (each op waits for its descheduled twin). Raise it on a machine of your own.
@@ -298,21 +302,30 @@ def train_base_model(
     *,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_restart: Callable[[str], None] | None = None,
+    first_attempt: int = 0,
+    report: TrainReport | None = None,
 ) -> tuple[Any, TrainReport]:
     """Train a fresh Qwen2-VL on the `sft` manifest; restart stuck runs. Returns (model, report).
 
+    Attempts `first_attempt`, `first_attempt + 1`, ... up to `cfg.max_attempts` (exclusive) are
+    tried; `report.attempts` ends as the number of attempts made since attempt 0, i.e. the index of
+    the attempt that produced the model plus one. Pass the previous `report` to continue it (history
+    and seconds accumulate) when retraining a run that finished but was rejected.
+
     The model is a plain Hugging Face `Qwen2VLForConditionalGeneration` (the presence head is not
     part of it). Raises StuckRunError if every attempt stays on the plateau."""
+    if not 0 <= first_attempt < cfg.max_attempts:
+        raise ValueError(f"first_attempt {first_attempt} outside 0..{cfg.max_attempts - 1}")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.num_threads)
-    report = TrainReport()
-    start = time.perf_counter()
+    report = report if report is not None else TrainReport()
+    start = time.perf_counter() - report.seconds
     try:
         # Tokenising needs only the processor; the adapter wraps a throwaway tiny model for it.
         data = TrainingData.load(
             Path(manifest), Qwen2VLAdapter(build_model("qwen2_vl", processor), processor)
         )
-        for attempt in range(cfg.max_attempts):
+        for attempt in range(first_attempt, cfg.max_attempts):
             report.attempts = attempt + 1
             try:
                 model = _train_once(data, processor, cfg, attempt, report, on_step)

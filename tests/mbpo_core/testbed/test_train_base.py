@@ -58,6 +58,22 @@ def test_stuck_runs_restart_then_fail_loudly(sft_manifest: Path) -> None:
     assert len(restarts) == 3 and all("step 2" in r for r in restarts)
 
 
+def test_retraining_continues_the_attempt_numbering_and_the_report(sft_manifest: Path) -> None:
+    processor = build_processor("qwen2_vl", vocabulary(), image_size=56)
+    _, report = train_base_model(sft_manifest, processor, config(seed=3, max_attempts=3))
+    second, report = train_base_model(
+        sft_manifest, processor, config(seed=3, max_attempts=3), first_attempt=1, report=report
+    )
+    # Attempt 1 of seed 3 is the same run as a fresh build's attempt 1 (seed derived, not drawn).
+    alone, _ = train_base_model(sft_manifest, processor, config(seed=3, max_attempts=3), first_attempt=1)
+    assert report.attempts == 2
+    assert [(h["attempt"], h["step"]) for h in report.history] == [(0, 0), (0, 2), (1, 0), (1, 2)]
+    for (name, a), (_, b) in zip(second.state_dict().items(), alone.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError):
+        train_base_model(sft_manifest, processor, config(max_attempts=2), first_attempt=2)
+
+
 def test_answer_losses_score_only_answer_tokens() -> None:
     logits = torch.zeros(2, 4, 5)
     logits[0, 1, 3] = 10.0  # position 1 predicts token 3 (the first answer token of row 0) confidently
