@@ -96,12 +96,12 @@ def _register_testbed(service: Service, testbed: Path) -> None:
         assert body["status"] == "ready", body
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium_path() -> str:
     return _chromium_or_skip()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def service(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """`mbpo serve` on a fresh MBPO_HOME; the testbed cache is an allowed data root."""
     base = tmp_path_factory.mktemp("ui")
@@ -147,14 +147,14 @@ def _testbed_root() -> Path:
     return _testbed[0]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def testbed_service(service: Service) -> Service:
     """The service with the testbed's base model and datasets registered (and validated)."""
     _register_testbed(service, _testbed_root())
     return service
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium_path: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

@@ -156,9 +156,14 @@ def test_gallery_shows_clean_and_perturbed_images(
         page = tab.page
         page.goto(f"/admin/runs/{finished_run['id']}/negatives")
         page.wait_for_selector(".pair", timeout=60_000)
+        # Images load lazily: bring every pair into view, then every image must have decoded.
+        for pair in page.locator(".pair").all():
+            pair.scroll_into_view_if_needed()
+            pair.locator("img").first.wait_for()
         page.wait_for_function(
             "() => [...document.querySelectorAll('.pair img')].every(i => i.complete && i.naturalWidth > 0)"
         )
+        page.evaluate("window.scrollTo(0, 0)")
         page.wait_for_function("() => document.querySelector('.pair canvas').width > 0")
         assert page.locator("#mining-summary .stat").count() >= 4
         assert page.locator(".pair .answer.rejected").count() == page.locator(".pair").count()
