@@ -8,11 +8,13 @@ The build checks what the testbed exists to provide and raises `TestbedPropertyE
 writing the report) when it does not hold: the model sees (pope_random accuracy) and hallucinates
 from the prior (false-"yes" rate on pope_adversarial well above pope_random).
 
-A bad run is retrained, not accepted: besides the stuck-run restart inside training, a trained
-model that misses a property (e.g. seed 2 learned to see too slowly: pope_random 0.663 after 2,000
-steps) is discarded and training restarts with the next derived seed, sharing the bounded
-`BaseTrainConfig.max_attempts`. Every attempt is logged and listed in the report's "attempts";
-the checks themselves are never relaxed. Deterministic given the seed.
+A bad run is not accepted: besides the stuck-run restart inside training, a trained model that
+misses a property is first continued for `extend_steps` when it left the plateau (it learns, just
+too slowly: seed 2 reached pope_random 0.663 / 0.697 / 0.720 in 2,000 steps from three inits),
+otherwise - or if still failing - discarded, and training restarts with the next derived seed,
+sharing the bounded `BaseTrainConfig.max_attempts`. Every attempt and extension is logged and
+listed in the report's "attempts"; the checks themselves are never relaxed. Deterministic given
+the seed; a build whose first run passes costs exactly what it did before.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -32,7 +35,14 @@ from mbpo_core.models import load_adapter
 from mbpo_core.models.build import build_processor
 from mbpo_core.testbed.questions import vocabulary
 from mbpo_core.testbed.splits import POPE_SPLITS, SPLITS, SplitSizes, build_splits
-from mbpo_core.testbed.train_base import BaseTrainConfig, TrainReport, attempt_seed, train_base_model
+from mbpo_core.testbed.train_base import (
+    BaseTrainConfig,
+    TrainingRun,
+    TrainReport,
+    attempt_seed,
+    extend_base_model,
+    train_base_model,
+)
 from mbpo_core.testbed.world import WorldSpec
 from mbpo_core.testbed.writer import MANIFEST_NAME, write_split
 
@@ -90,11 +100,14 @@ class BuildSpec:
         """For tests: small splits and a short run; only "beats chance on pope_random" is promised.
 
         No stuck-run restart: it would double the time (the plateau lasted ~600 steps in trials).
-        A run that fails the check is retrained once (two attempts): free when the first passes."""
+        A run that fails the check is extended by 500 steps, then retrained once (two attempts):
+        free when the first run passes."""
         return cls(
             seed=seed,
             sizes=SplitSizes.quick(),
-            train=BaseTrainConfig(seed=seed, steps=1500, warmup_steps=50, stuck_check_step=0, max_attempts=2),
+            train=BaseTrainConfig(
+                seed=seed, steps=1500, warmup_steps=50, stuck_check_step=0, max_attempts=2, extend_steps=500
+            ),
             thresholds=PropertyThresholds(min_random_accuracy=0.58, min_false_yes_gap=None),
         )
 
@@ -117,13 +130,26 @@ def check_properties(metrics: dict[str, dict[str, float]], thresholds: PropertyT
     return failures
 
 
-def next_attempt(failures: list[str], attempt: int, max_attempts: int) -> int | None:
-    """The training attempt to run after attempt `attempt` (0-based) produced a model with these
-    property failures: the next one, or None to stop - the model passed, or attempts are spent (then
-    the build fails loudly with the last model's failures)."""
-    if not failures or attempt + 1 >= max_attempts:
+def next_action(
+    failures: list[str],
+    attempt: int,
+    max_attempts: int,
+    *,
+    extended: bool,
+    left_plateau: bool,
+    extend_steps: int,
+) -> Literal["extend", "restart"] | None:
+    """What to do after training attempt `attempt` (0-based) produced a model with these property
+    failures: "extend" it (it left the text-only plateau, so it learns, and was not extended yet),
+    "restart" with the next attempt's seed, or None to stop - the model passed, or nothing is left
+    to try (then the build fails loudly with the last model's failures)."""
+    if not failures:
         return None
-    return attempt + 1
+    if extend_steps > 0 and left_plateau and not extended:
+        return "extend"
+    if attempt + 1 < max_attempts:
+        return "restart"
+    return None
 
 
 def false_yes_gap(metrics: dict[str, dict[str, float]]) -> float:
@@ -152,23 +178,17 @@ def _write_datasets(out: Path, spec: BuildSpec, progress: BuildProgress) -> dict
     return manifests
 
 
-def _train_and_save(
-    out: Path,
+def _train(
     manifest: Path,
     spec: BuildSpec,
     progress: BuildProgress,
     report: TrainReport,
     attempts: list[dict[str, Any]],
     first_attempt: int,
-) -> TrainReport:
-    """Train (from attempt `first_attempt`, restarting stuck runs) and save to `out/base_model`.
-    Stuck attempts are appended to `attempts`."""
-    processor = build_processor("qwen2_vl", vocabulary(), image_size=spec.world.image_size)
+) -> tuple[TrainingRun, TrainReport]:
+    """Train from attempt `first_attempt`, restarting stuck runs (appended to `attempts`)."""
     label = "train base model" if first_attempt == 0 else f"train base model (attempt {first_attempt + 1})"
     progress.start(label, spec.train.steps)
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        progress.advance(1, f"loss {metrics['loss']:.3f} yes/no {metrics['yes_no_loss']:.3f}")
 
     def on_restart(reason: str) -> None:
         attempt = len(attempts)
@@ -183,23 +203,39 @@ def _train_and_save(
         progress.log(f"stuck run, restarting: {reason}")
         progress.start(f"train base model (attempt {attempt + 2})", spec.train.steps)
 
-    model, report = train_base_model(
+    finished: list[TrainingRun] = []
+    _, report = train_base_model(
         manifest,
-        processor,
+        _processor(spec),
         spec.train,
-        on_step=on_step,
+        on_step=_on_step(progress),
         on_restart=on_restart,
+        on_finished=finished.append,
         first_attempt=first_attempt,
         report=report,
     )
+    return finished[0], report
+
+
+def _processor(spec: BuildSpec) -> Any:
+    return build_processor("qwen2_vl", vocabulary(), image_size=spec.world.image_size)
+
+
+def _on_step(progress: BuildProgress) -> Callable[[int, dict[str, float]], None]:
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        progress.advance(1, f"loss {metrics['loss']:.3f} yes/no {metrics['yes_no_loss']:.3f}")
+
+    return on_step
+
+
+def _save(out: Path, model: Any, spec: BuildSpec) -> None:
     target = out / "base_model"
     tmp = out / "base_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    _processor(spec).save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)  # a rejected earlier attempt's model
     tmp.replace(target)
-    return report
 
 
 def _evaluate(
@@ -237,32 +273,55 @@ def build_testbed(out: str | Path, spec: BuildSpec, progress: BuildProgress | No
         start = time.perf_counter()
         manifests = _write_datasets(root, spec, progress)
         timings["datasets_s"] = time.perf_counter() - start
-        first_attempt: int | None = 0
-        while first_attempt is not None:
+        action: Literal["extend", "restart"] | None = "restart"
+        first_attempt, extended = 0, False
+        run: TrainingRun | None = None
+        while action is not None:
             mark = time.perf_counter()
-            train_report = _train_and_save(
-                root, manifests["sft"], spec, progress, train_report, attempts, first_attempt
-            )
+            if action == "restart":
+                run, train_report = _train(
+                    manifests["sft"], spec, progress, train_report, attempts, first_attempt
+                )
+                extended = False
+            else:
+                assert run is not None
+                progress.start(f"extend attempt {run.attempt + 1}", spec.train.extend_steps)
+                extend_base_model(run, spec.train, train_report, on_step=_on_step(progress))
+                extended = True
+            assert run is not None
+            _save(root, run.model, spec)
             timings["train_s"] += time.perf_counter() - mark
             mark = time.perf_counter()
             metrics, evaluations, samples_per_s = _evaluate(root / "base_model", manifests, spec, progress)
             timings["eval_s"] += time.perf_counter() - mark
             failures = check_properties(metrics, spec.thresholds)
-            attempt = train_report.attempts - 1
-            first_attempt = next_attempt(failures, attempt, spec.train.max_attempts)
+            attempt = run.attempt
+            action = next_action(
+                failures,
+                attempt,
+                spec.train.max_attempts,
+                extended=extended,
+                left_plateau=train_report.final_yes_no_loss < spec.train.stuck_loss,
+                extend_steps=spec.train.extend_steps,
+            )
             attempts.append(
                 {
                     "attempt": attempt,
                     "seed": attempt_seed(spec.train.seed, attempt),
+                    "steps": run.step,
                     "outcome": "failed properties" if failures else "passed",
                     "failures": failures,
                     "final_yes_no_loss": train_report.final_yes_no_loss,
                     "accuracy": {name: m["accuracy"] for name, m in metrics.items()},
                     "false_yes_gap": false_yes_gap(metrics),
+                    "next": action,
                 }
             )
-            if first_attempt is not None:
-                progress.log(f"attempt {attempt + 1} rejected, retraining: {'; '.join(failures)}")
+            if action is not None:
+                progress.log(
+                    f"attempt {attempt + 1} after {run.step} steps rejected, {action}: {'; '.join(failures)}"
+                )
+            first_attempt = attempt + 1
         timings["total_s"] = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous_threads)

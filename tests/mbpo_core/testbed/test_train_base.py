@@ -14,8 +14,10 @@ from mbpo_core.testbed.train_base import (
     KIND_INDEX,
     BaseTrainConfig,
     StuckRunError,
+    TrainingRun,
     answer_losses,
     cell_presence_targets,
+    extend_base_model,
     train_base_model,
 )
 from mbpo_core.testbed.world import WorldSpec
@@ -72,6 +74,23 @@ def test_retraining_continues_the_attempt_numbering_and_the_report(sft_manifest:
         assert torch.equal(a, b), name
     with pytest.raises(ValueError):
         train_base_model(sft_manifest, processor, config(max_attempts=2), first_attempt=2)
+
+
+def test_extending_a_run_continues_it_deterministically(sft_manifest: Path) -> None:
+    processor = build_processor("qwen2_vl", vocabulary(), image_size=56)
+    models = []
+    for _ in range(2):
+        runs: list[TrainingRun] = []
+        cfg = config(seed=5, extend_steps=2)
+        _, report = train_base_model(sft_manifest, processor, cfg, on_finished=runs.append)
+        before = {k: v.clone() for k, v in runs[0].model.state_dict().items()}
+        models.append(extend_base_model(runs[0], cfg, report))
+        assert report.steps == 5 and runs[0].step == 5 and report.attempts == 1
+        assert [h["step"] for h in report.history] == [0, 2, 4]
+        assert any(not torch.equal(before[k], v) for k, v in models[-1].state_dict().items())
+        assert not models[-1].training
+    for (name, a), (_, b) in zip(models[0].state_dict().items(), models[1].state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_answer_losses_score_only_answer_tokens() -> None:
