@@ -27,7 +27,7 @@ RUN_FILE = "demo_run.json"
 # Minutes on a laptop CPU; every stage does real work (see examples/testbed-quick.yaml for more).
 DEMO_CONFIG: dict[str, Any] = {
     "device": "auto",
-    "iig": {"keep_fraction": 0.5},
+    "iig": {"keep_fraction": 0.5, "null_image": "blur"},  # blur elicits the testbed's prior
     "attack": {"steps": 10},
     "mining": {"limit": 64, "max_new_tokens": 8},
     "train": {

@@ -1,9 +1,10 @@
 """The project's results table: MBPO against its ablations on the testbed (issue 5, DESIGN 5).
 
-    .venv/bin/python bench/ablation.py --testbed quick --seeds 0 1 2 --out /tmp/mbpo-ablation \
-        --doc docs/results.md
+    .venv/bin/python bench/ablation.py --seeds 0 1 2 --out /tmp/mbpo-ablation --doc docs/results.md
 
-Per seed: build (or reuse, `--testbed-dir`) the testbed, mine hard negatives from its `offline` pool
+Every trained row uses the `config:` of one run file (`--recipe`, default examples/testbed.yaml, the
+recipe `mbpo run` ships). Per seed: build (or reuse, OUT/testbed-<size>-<seed> or `--testbed-dir`)
+the testbed (`--testbed full` by default), mine hard negatives from its `offline` pool
 once, train every row from the same base model, and evaluate every model on pope_random /
 pope_popular / pope_adversarial / vqa. Rows:
 
@@ -40,27 +41,22 @@ SPLITS = ("pope_random", "pope_popular", "pope_adversarial", "vqa")
 POPE_COLUMNS = ("f1", "accuracy", "yes_ratio", "unparsable_rate")
 
 
-def base_config(seed: int, steps: int) -> MBPOConfig:
-    return MBPOConfig.model_validate(
-        {
-            "seed": seed,
-            "device": "cpu",
-            "attack": {"steps": 10, "batch_size": 16},
-            "mining": {"max_new_tokens": 4, "limit": 200},
-            "train": {
-                "offline_fraction": 0.5,
-                "num_generations": 4,
-                "prompts_per_step": 8,
-                "max_completion_length": 4,
-                "learning_rate": 5e-4,
-                "max_steps": steps,
-                "save_steps": steps,
-                "keep_checkpoints": 1,
-                "lora": {"enabled": False},
-            },
-            "eval": {"batch_size": 64, "max_new_tokens": 4, "attack_eval": False},
-        }
-    )
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "examples" / "testbed.yaml"
+
+
+def base_config(recipe: Path, seed: int, steps: int | None) -> MBPOConfig:
+    """The `config:` block of a run file (the same recipe `mbpo run` uses), with this cell's seed
+    (and `--steps` when given). Every trained row shares its optimiser settings and step count."""
+    import yaml
+
+    data = (yaml.safe_load(recipe.read_text()) or {}).get("config") or {}
+    config = MBPOConfig.model_validate({**data, "seed": seed, "device": "cpu"})
+    updates: dict[str, Any] = {"save_steps": config.train.max_steps, "keep_checkpoints": 1}
+    if steps is not None:
+        warmup = min(config.train.warmup_steps, steps - 1)
+        updates.update(max_steps=steps, save_steps=steps, warmup_steps=warmup)
+    evaluation = config.eval.model_copy(update={"attack_eval": False, "limit": None})
+    return config.model_copy(update={"train": config.train.model_copy(update=updates), "eval": evaluation})
 
 
 def testbed_dir(args: argparse.Namespace, seed: int) -> Path:
@@ -236,7 +232,12 @@ def evaluate(
     adapter = load_adapter(model_dir)
     return {
         split: evaluate_manifest(
-            adapter, manifest(testbed, split), limit=limit, seed=config.seed, batch_size=64, max_new_tokens=4
+            adapter,
+            manifest(testbed, split),
+            limit=limit,
+            seed=config.seed,
+            batch_size=config.eval.batch_size,
+            max_new_tokens=config.eval.max_new_tokens,
         ).metrics
         for split in SPLITS
     }
@@ -246,7 +247,7 @@ def run_cell(row: str, seed: int, testbed: Path, args: argparse.Namespace) -> di
     from mbpo_core.mining import mine
     from mbpo_core.models import load_adapter
 
-    config = base_config(seed, args.steps)
+    config = base_config(args.recipe, seed, args.steps)
     work = args.out / f"seed-{seed}"
     pairs = work / "mining" / "pairs.jsonl"
     if row in ("offline_only", "mbpo") and not (work / "mining" / "summary.json").exists():
@@ -308,13 +309,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--testbed", choices=("quick", "full"), default="quick")
+    parser.add_argument("--testbed", choices=("quick", "full"), default="full")
     parser.add_argument(
         "--testbed-dir", type=Path, default=None, help="an already built testbed for the first seed"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
-    parser.add_argument("--steps", type=int, default=60, help="optimiser steps of every trained row")
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        default=DEFAULT_RECIPE,
+        help="run file whose `config:` block every row uses (default: examples/testbed.yaml)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="override train.max_steps of every trained row"
+    )
     parser.add_argument("--eval-limit", type=int, default=None, help="samples per eval split (balanced)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)

@@ -69,6 +69,13 @@ class MiningConfig(_Section):
     random_noise_baseline: bool = Field(
         True, description="Also attack with uniform sign noise of the same budget, for comparison."
     )
+    balance_yes_no: bool = Field(
+        True,
+        description="Keep as many yes/no pairs whose chosen answer is 'yes' as 'no' (highest IIG first). "
+        "An attack hides evidence far more easily than it invents it, so unbalanced pairs are mostly "
+        "'chosen yes, rejected no' and teach the label instead of looking. Nothing is dropped when one "
+        "side has no pair at all.",
+    )
 
 
 class LoraConfig(_Section):

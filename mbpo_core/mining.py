@@ -51,7 +51,7 @@ from mbpo_core.manifest import (
 from mbpo_core.mining_report import Record, summarize_records
 from mbpo_core.mining_store import append_line, check_run_settings, read_lines, save_pair_images, write_atomic
 from mbpo_core.models.base import VLMAdapter
-from mbpo_core.verifiers import is_correct, normalize_open, parse_answer
+from mbpo_core.verifiers import is_correct, normalize_open, normalize_yes_no, parse_answer
 
 # Decompression-bomb guards for pool images (a VLM never needs more).
 MAX_IMAGE_PIXELS = 40_000_000
@@ -81,6 +81,7 @@ class MiningSummary:
     config: dict[str, Any]
     n_valid: int = 0
     n_selected: int = 0
+    n_dropped_for_balance: int = 0  # flipped yes/no pairs left out by `mining.balance_yes_no`
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -439,6 +440,23 @@ def pair_line(record: Record) -> dict[str, Any]:
     return line
 
 
+def balance_yes_no(records: Sequence[Record]) -> list[Record]:
+    """The records (in order, which is highest IIG first) with as many yes/no pairs whose chosen
+    answer is "yes" as "no": the first n of each, n the smaller count. Other tasks are all kept, and
+    so is everything when one side has no pair at all (nothing to balance against)."""
+    chosen = [normalize_yes_no(r["answer"]) if r["task"] == "yes_no" else None for r in records]
+    n = min(chosen.count("yes"), chosen.count("no")) or len(records)
+    seen: Counter[str] = Counter()
+    kept = []
+    for record, answer in zip(records, chosen, strict=True):
+        if answer is not None:
+            seen[answer] += 1
+            if seen[answer] > n:
+                continue
+        kept.append(record)
+    return kept
+
+
 def _finish(
     out: Path,
     records: Sequence[Record],
@@ -449,7 +467,9 @@ def _finish(
     manifest: Path,
     limit: int | None,
 ) -> MiningSummary:
-    pairs = [pair_line(r) for r in records if r.get("status") == "attacked" and r.get("adv_correct") is False]
+    flipped = [r for r in records if r.get("status") == "attacked" and r.get("adv_correct") is False]
+    kept = balance_yes_no(flipped) if config.mining.balance_yes_no else flipped
+    pairs = [pair_line(r) for r in kept]
     write_atomic(
         out / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs).encode()
     )
@@ -465,6 +485,7 @@ def _finish(
         config={**_run_settings(config, manifest), "limit": limit},
         n_valid=n_valid,
         n_selected=len(records),
+        n_dropped_for_balance=len(flipped) - len(kept),
         details=stats,
     )
     write_atomic(out / "summary.json", json.dumps(summary.to_dict(), indent=2).encode())

@@ -146,6 +146,23 @@ def test_mining_keeps_the_flips_and_reports_both_attacks(tmp_path: Path) -> None
     assert set(line) == set(PAIR_FIELDS)
 
 
+def test_pairs_are_balanced_between_chosen_yes_and_no(tmp_path: Path) -> None:
+    """Two "yes" questions flip and one "no" question does: the pairs keep one of each (the higher
+    IIG "yes"), and the summary says how many were dropped; without balancing all three stay."""
+    pool = {**POOL, "yes_near2": (0.115, "yes")}
+    manifest = write_pool(tmp_path / "data", pool)
+    balanced = run_mining(ContrastModel(), manifest, tmp_path / "balanced", config())
+    chosen = sorted(p["chosen"] for p in load_pairs(tmp_path / "balanced" / "pairs.jsonl"))
+    assert chosen == ["no", "yes"] and balanced.n_pairs == 2 and balanced.n_dropped_for_balance == 1
+    assert balanced.attack_success_rate == pytest.approx(3 / 5)  # the attack statistics count every flip
+
+    unbalanced_config = config().model_copy(
+        update={"mining": config().mining.model_copy(update={"balance_yes_no": False})}
+    )
+    everything = run_mining(ContrastModel(), manifest, tmp_path / "all", unbalanced_config)
+    assert everything.n_pairs == 3 and everything.n_dropped_for_balance == 0
+
+
 def test_perturbed_png_is_within_budget_and_reproduces_the_rejected_answer(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_mining(ContrastModel(), write_pool(tmp_path / "data", POOL), out, config())

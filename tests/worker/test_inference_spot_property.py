@@ -1,10 +1,14 @@
 """The spot-check property on the testbed: on `pope_adversarial` images the base model's answer
-equals its null-image answer (its language prior) more often than an aligned model's does.
+equals its null-image answer (what it says without the image's detail) more often than the answer
+of a model aligned with MBPO does.
 
-Needs an aligned model trained on the quick testbed, e.g. the final model of
-`mbpo run --config examples/testbed-quick.yaml --out OUT` (OUT/training/final_model or a
-checkpoint's `model/`), named by MBPO_TEST_ALIGNED_MODEL; skipped without it (training one here
-would take far longer than a test should).
+The aligned model is trained here: the shipped quick recipe (`examples/testbed-quick.yaml`'s
+`config:`) run end to end (score -> mine -> train) on the quick testbed, about a minute on 2 cores.
+
+The null image is `blur`, not the default `gray`. In the testbed the prior is "anchor present =>
+partner present": a gray image removes the anchor too, so every model answers it "no" (an empty
+scene), whatever its prior. A blurred image keeps the anchor's coloured blob but not the partner's
+faint outline, so its answer is the prior's; a model that looks answers the sharp image differently.
 """
 
 from __future__ import annotations
@@ -14,30 +18,47 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from mbpo_core.manifest import read_manifest
 from mbpo_core.models import load_adapter
 from mbpo_core.serving import pixels_from_bytes, spot_check
 from mbpo_core.verifiers import normalize_open
+from tests.helpers.testbed import REPO, quick_testbed_path
 
 pytestmark = pytest.mark.slow
-SAMPLES = 64
+SAMPLES = 100
+RECIPE = REPO / "examples" / "testbed-quick.yaml"
 
 
 @pytest.fixture(scope="module")
-def aligned_model() -> Path:
-    path = os.environ.get("MBPO_TEST_ALIGNED_MODEL")
-    if not path:
-        pytest.skip("MBPO_TEST_ALIGNED_MODEL (a model aligned on the quick testbed) is not set")
-    return Path(path)
-
-
-@pytest.fixture(scope="module")
-def testbed(aligned_model: Path) -> Path:
-    from tests.mbpo_core.conftest import REPO, build_quick_testbed
-
+def testbed() -> Path:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    return build_quick_testbed(Path(os.environ.get("MBPO_TESTBED_CACHE") or REPO / ".testbed-cache"))
+    return quick_testbed_path()
+
+
+@pytest.fixture(scope="module")
+def aligned_model(testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mbpo_core.pipeline import RunLayout
+    from mbpo_core.training.pipeline import RunSpec, run_pipeline
+
+    config = yaml.safe_load(RECIPE.read_text())["config"]
+    config["eval"]["limit"] = 20  # the report is not what this test checks
+    datasets = testbed / "datasets"
+    spec = RunSpec.model_validate(
+        {
+            "out": str(tmp_path_factory.mktemp("aligned")),
+            "model": str(testbed / "base_model"),
+            "pool": str(datasets / "offline" / "manifest.jsonl"),
+            "online": str(datasets / "online" / "manifest.jsonl"),
+            "eval": {"pope_adversarial": str(datasets / "pope_adversarial" / "manifest.jsonl")},
+            "config": config,
+        }
+    )
+    run_pipeline(spec)
+    model = RunLayout(spec.out).final_model_dir
+    assert (model / "config.json").is_file()
+    return model
 
 
 def prior_agreement(model_dir: Path, split: Path) -> float:
@@ -46,7 +67,7 @@ def prior_agreement(model_dir: Path, split: Path) -> float:
     same = 0
     for sample in samples:
         image = pixels_from_bytes((split / sample.image).read_bytes())
-        result = spot_check(adapter, image, sample.question, max_tokens=4)
+        result = spot_check(adapter, image, sample.question, null_image="blur", max_tokens=4)
         same += normalize_open(result.answer) == normalize_open(result.null_answer)
     return same / len(samples)
 
