@@ -154,8 +154,16 @@ def _one_question_split(
     return samples
 
 
+# Share of the pools' negative existence questions that ask about the absent partner of a present
+# anchor, when the scene has one. Uniformly drawn negatives almost never do (1 absent kind in ~22),
+# so a pool without them holds nearly none of the questions the co-occurrence prior gets wrong.
+POOL_PARTNER_NEGATIVES = 0.5
+
+
 def pool_question(world: WorldSpec) -> Callable[[np.random.Generator, Scene], QA]:
-    """Close-ended pool question: existence (60%, half positive), colour or count."""
+    """Close-ended pool question: existence (60%, half positive), colour or count. Half of the
+    negatives on a scene with an anchor but not its partner ask about that partner, the absent
+    co-occurring object hallucination data is built around; the rest ask about any absent kind."""
 
     def ask(rng: np.random.Generator, scene: Scene) -> QA:
         if rng.random() >= 0.6:
@@ -163,6 +171,9 @@ def pool_question(world: WorldSpec) -> Callable[[np.random.Generator, Scene], QA
         if rng.random() < 0.5:
             return existence_qa(_pick(rng, sorted(scene.kinds())), scene)
         absent = [k for k in ALL_KINDS if k not in scene.kinds()]
+        partners = sorted({world.partner_of(k) for k in scene.kinds() if k in world.anchors} & set(absent))
+        if partners and rng.random() < POOL_PARTNER_NEGATIVES:
+            return existence_qa(_pick(rng, partners), scene)
         return existence_qa(_pick(rng, absent), scene)
 
     return ask

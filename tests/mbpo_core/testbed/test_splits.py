@@ -97,6 +97,25 @@ def test_random_negatives_avoid_partners_of_present_anchors(splits: dict[str, li
             assert sample.qa.meta["object"] not in present_partners
 
 
+@pytest.mark.parametrize("pool", ["offline", "online"])
+def test_pools_ask_about_absent_partners_and_other_absent_kinds(pool: str) -> None:
+    """About half of a pool's negatives on an anchor-without-partner scene ask about the partner
+    (POOL_PARTNER_NEGATIVES), the rest about any absent kind."""
+    samples = build_splits(0, WORLD, replace(SIZES, offline=600, online=600))[pool]
+    partner_asked, other_asked = 0, 0
+    for sample in samples:
+        if sample.qa.task != "yes_no" or sample.qa.answer != "no":
+            continue
+        absent_partners = {WORLD.partner_of(k).name for k in sample.scene.kinds() if k in WORLD.anchors}
+        absent_partners -= {k.name for k in sample.scene.kinds()}
+        if absent_partners:
+            asked_partner = sample.qa.meta["object"] in absent_partners
+            partner_asked += asked_partner
+            other_asked += not asked_partner
+    assert partner_asked + other_asked > 20
+    assert 0.3 < partner_asked / (partner_asked + other_asked) < 0.75
+
+
 def test_popular_negatives_are_frequent_training_objects(splits: dict[str, list[Sample]]) -> None:
     frequency = kind_frequency(splits["sft"])
     top = {k.name for k, _ in frequency.most_common(8)}
