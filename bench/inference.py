@@ -149,9 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model", help="model directory (default: a random testbed-size model)"
-    )
+    parser.add_argument("--model", help="model directory (default: a random testbed-size model)")
     parser.add_argument("--requests", type=int, default=40, help="sequential requests for latency")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per throughput level")
     parser.add_argument("--clients", default="1,4,16")
