@@ -218,7 +218,9 @@ def test_spot_check_compares_base_and_aligned(
         page.wait_for_selector("#spot-answers .answer-card", timeout=300_000)
         cards = page.locator("#spot-answers .answer-card")
         assert cards.count() == 2
-        assert "IIG" in cards.first.inner_text() and "null-image answer" in cards.first.inner_text()
+        # textContent: innerText follows the CSS text-transform of the card's labels once laid out.
+        card_text = cards.first.text_content() or ""
+        assert "IIG" in card_text and "null-image answer" in card_text.lower()
         page.wait_for_selector("#spot-history .history-item img")
         tab.assert_fits()
         tab.screenshot("spot-check")
