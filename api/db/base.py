@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -46,13 +47,26 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_id_lock = threading.Lock()
+_last_id = [0, 0]  # (millis, random part) of this process's newest id
+
+
 def new_id(prefix: str) -> str:
-    """`<prefix>_<26 hex>`: 48-bit millisecond time then 56 random bits.
+    """`<prefix>_<26 hex>`: 48-bit millisecond time then 56 bits, random for a new millisecond and
+    incremented for further ids of the same millisecond (so ids from one process never tie or
+    reorder, however fast they are made).
 
     Ids sort by creation time, so "newest first" and cursor pagination are an index scan on the
     primary key, and the prefix says what an id names when it shows up in a log or a URL."""
     millis = int(time.time() * 1000) & ((1 << 48) - 1)
-    return f"{prefix}_{millis:012x}{os.urandom(7).hex()}"
+    with _id_lock:
+        last_millis, last_rand = _last_id
+        if millis <= last_millis and last_rand + 1 < 1 << 56:
+            millis, rand = last_millis, last_rand + 1
+        else:
+            rand = int.from_bytes(os.urandom(7)) >> 1  # top bit clear: room to increment
+        _last_id[:] = [millis, rand]
+    return f"{prefix}_{millis:012x}{rand:014x}"
 
 
 class Base(DeclarativeBase):
