@@ -75,10 +75,9 @@ def prior_agreement(model_dir: Path, split: Path) -> float:
 @pytest.mark.xfail(
     strict=True,
     reason="not achieved yet: with the shipped quick recipe the aligned model agrees with its blurred-"
-    "image answer as often as the base model (measured 0.95 vs 0.92 on 100 pope_adversarial questions; "
-    "on the full testbed, 3 seeds, MBPO's agreement on the adversarial negatives went 0.90 -> 0.71, "
-    "0.76 -> 0.79, 0.97 -> 0.92). Strict: the day the property holds, this test fails until the mark "
-    "is removed.",
+    "image answer more often than the base model (measured 0.97 vs 0.92 on 100 pope_adversarial "
+    "questions; see docs/results.md for the full testbed). Strict: the day the property holds, this "
+    "test fails until the mark is removed.",
 )
 def test_base_model_follows_its_prior_more_often_than_the_aligned_model(
     testbed: Path, aligned_model: Path
