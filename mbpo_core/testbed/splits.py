@@ -170,8 +170,9 @@ def pool_question(world: WorldSpec) -> Callable[[np.random.Generator, Scene], QA
             return colour_or_count(rng, scene)
         if rng.random() < 0.5:
             return existence_qa(_pick(rng, sorted(scene.kinds())), scene)
-        absent = [k for k in ALL_KINDS if k not in scene.kinds()]
-        partners = sorted({world.partner_of(k) for k in scene.kinds() if k in world.anchors} & set(absent))
+        present = scene.kinds()
+        absent = [k for k in ALL_KINDS if k not in present]
+        partners = sorted({world.partner_of(k) for k in present if k in world.anchors} - present)
         if partners and rng.random() < POOL_PARTNER_NEGATIVES:
             return existence_qa(_pick(rng, partners), scene)
         return existence_qa(_pick(rng, absent), scene)

@@ -40,18 +40,18 @@ def testbed() -> Path:
 @pytest.fixture(scope="module")
 def aligned_model(testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mbpo_core.pipeline import RunLayout
+    from mbpo_core.testbed.build import manifest_path
     from mbpo_core.training.pipeline import RunSpec, run_pipeline
 
     config = yaml.safe_load(RECIPE.read_text())["config"]
     config["eval"]["limit"] = 20  # the report is not what this test checks
-    datasets = testbed / "datasets"
     spec = RunSpec.model_validate(
         {
             "out": str(tmp_path_factory.mktemp("aligned")),
             "model": str(testbed / "base_model"),
-            "pool": str(datasets / "offline" / "manifest.jsonl"),
-            "online": str(datasets / "online" / "manifest.jsonl"),
-            "eval": {"pope_adversarial": str(datasets / "pope_adversarial" / "manifest.jsonl")},
+            "pool": str(manifest_path(testbed, "offline")),
+            "online": str(manifest_path(testbed, "online")),
+            "eval": {"pope_adversarial": str(manifest_path(testbed, "pope_adversarial"))},
             "config": config,
         }
     )
