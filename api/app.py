@@ -15,6 +15,7 @@ from api.db.session import get_session_factory
 from api.deps import get_principal
 from api.errors import register_error_handlers
 from api.health.routes import router as health_router
+from api.inference.models import ResolvedModels
 from api.limits import slot_count
 from api.models.routes import router as models_router
 from api.runs.routes import router as runs_router
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.auth_cache = AuthCache()
+    app.state.resolved_models = ResolvedModels()
     app.state.session_factory = get_session_factory(
         settings.sqlalchemy_url, settings.db_pool_size, settings.db_max_overflow
     )

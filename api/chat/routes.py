@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +21,7 @@ router = APIRouter(prefix="/chat", tags=["inference"])
     responses={200: {"content": {"text/event-stream": {}}, "description": "With stream=true: SSE chunks."}},
 )
 async def create_chat_completion(
+    request: Request,
     body: ChatCompletionRequest,
     principal: PrincipalDep,
     settings: SettingsDep,
@@ -28,7 +29,7 @@ async def create_chat_completion(
 ) -> JSONResponse | StreamingResponse:
     """Answer a conversation with a base model (`model:<id>`) or an aligned checkpoint (`run:<id>`,
     `run:<id>@<step>`); images as `image_url` parts. Errors use OpenAI's error shape."""
-    result = await service.complete(body, principal, settings, factory)
+    result = await service.complete(body, principal, settings, factory, request.app.state.resolved_models)
     if isinstance(result, ChatCompletion):
         return JSONResponse(result.model_dump(mode="json"))
     return StreamingResponse(

@@ -28,21 +28,29 @@ from api.chat.schemas import (
 from api.errors import AppError, BadRequest, error_body
 from api.inference.dispatch import Replies, error_from_event, send_inference
 from api.inference.images import load_image_url
-from api.inference.models import ResolvedModel, resolve_model
+from api.inference.models import ResolvedModel, ResolvedModels, resolve_model
 from api.jobs import TaskName
 from api.settings import Settings
 
 _ROLES = {"developer": "system"}  # OpenAI's newer name for the system role
 
 
-async def resolve(factory: sessionmaker[Session], principal: Principal, name: str) -> ResolvedModel:
-    """In a short transaction of its own: no connection is held while the worker decodes."""
+async def resolve(
+    factory: sessionmaker[Session], cache: ResolvedModels, principal: Principal, name: str
+) -> ResolvedModel:
+    """From the recent resolutions, or in a short transaction of its own: no connection is held
+    while the worker decodes."""
+    resolved = cache.get((principal, name))
+    if resolved is not None:
+        return resolved
 
     def lookup() -> ResolvedModel:
         with factory.begin() as session:
             return resolve_model(session, principal, name)
 
-    return await anyio.to_thread.run_sync(lookup)
+    resolved = await anyio.to_thread.run_sync(lookup)
+    cache.put((principal, name), resolved)
+    return resolved
 
 
 async def build_prompt(
@@ -102,11 +110,15 @@ def _usage(done: dict[str, Any]) -> Usage:
 
 
 async def complete(
-    body: ChatCompletionRequest, principal: Principal, settings: Settings, factory: sessionmaker[Session]
+    body: ChatCompletionRequest,
+    principal: Principal,
+    settings: Settings,
+    factory: sessionmaker[Session],
+    resolved: ResolvedModels,
 ) -> ChatCompletion | AsyncIterator[bytes]:
     """A finished completion, or (stream=true) the SSE byte stream, which starts only once the
     worker has the model loaded: errors before that are plain HTTP errors with their status."""
-    model = await resolve(factory, principal, body.model)
+    model = await resolve(factory, resolved, principal, body.model)
     messages, images = await build_prompt(body, settings)
     payload = {
         "model": model.spec(),

@@ -16,6 +16,12 @@ from sqlalchemy.orm import Session
 from api.auth.service import Principal
 from api.errors import NotFound
 from api.inference.repository import InferenceModelRepository
+from api.ttl_cache import TTLCache
+
+# How long the chat endpoint reuses a resolved name without asking the database again (a database
+# round trip is a sizeable share of a short answer's latency): a new checkpoint becomes what
+# `run:<id>` means, and a deleted model stops resolving, within this many seconds.
+RESOLVE_CACHE_SECONDS = 5.0
 
 _NAME = re.compile(r"^(?:model:(?P<model>[\w-]+)|run:(?P<run>[\w-]+)(?:@(?P<step>\d+))?)$")
 
@@ -29,6 +35,13 @@ class ResolvedModel:
 
     def spec(self) -> dict[str, Any]:
         return {"key": self.key, "path": self.path, "base_path": self.base_path}
+
+
+class ResolvedModels(TTLCache[tuple[Principal, str], ResolvedModel]):
+    """Recent successful resolutions, per principal and name (see RESOLVE_CACHE_SECONDS)."""
+
+    def __init__(self, ttl: float = RESOLVE_CACHE_SECONDS):
+        super().__init__(ttl)
 
 
 def _not_found(name: str, field: str) -> NotFound:

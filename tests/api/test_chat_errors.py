@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -221,3 +222,42 @@ def test_fetched_images_are_checked_like_data_urls(url_settings: Settings, image
     with pytest.raises(AppError) as excinfo:
         asyncio.run(load_image_url(f"http://{image_server}/big.png", small, "f"))
     assert excinfo.value.code == "image_too_large"
+
+
+def test_resolved_names_are_reused_for_a_few_seconds_only(
+    session_factory: sessionmaker[Session], alice: KeyFor, bob: KeyFor, model_id: str
+) -> None:
+    """The chat endpoint reuses a resolution for RESOLVE_CACHE_SECONDS (no database round trip),
+    per principal: another user's request is still checked, and a failure is never reused."""
+    from api.auth.service import Principal
+    from api.chat.service import resolve
+    from api.errors import NotFound
+    from api.inference.models import ResolvedModels
+
+    lookups = 0
+
+    class Counting(sessionmaker[Session]):
+        def begin(self) -> Any:
+            nonlocal lookups
+            lookups += 1
+            return session_factory.begin()
+
+    factory = Counting()
+    cache = ResolvedModels(ttl=0.3)
+    owner = Principal(user_id=alice.user_id, key_id="k1", is_admin=False)
+    other = Principal(user_id=bob.user_id, key_id="k2", is_admin=False)
+
+    first = asyncio.run(resolve(factory, cache, owner, model_id))
+    assert asyncio.run(resolve(factory, cache, owner, model_id)) == first and lookups == 1
+    with pytest.raises(NotFound):  # bob has no access; alice's entry does not answer for him
+        asyncio.run(resolve(factory, cache, other, model_id))
+    with pytest.raises(NotFound):  # ...and is asked again, not served a cached refusal
+        asyncio.run(resolve(factory, cache, other, model_id))
+    assert lookups == 3
+    with session_factory.begin() as session:  # deleted: refused once the entry has expired
+        session.delete(session.get(BaseModelRecord, model_id.removeprefix("model:")))
+    assert asyncio.run(resolve(factory, cache, owner, model_id)) == first and lookups == 3
+    time.sleep(0.35)
+    with pytest.raises(NotFound):
+        asyncio.run(resolve(factory, cache, owner, model_id))
+    assert lookups == 4
