@@ -69,6 +69,14 @@ class MiningConfig(_Section):
     random_noise_baseline: bool = Field(
         True, description="Also attack with uniform sign noise of the same budget, for comparison."
     )
+    attack_clean_wrong: bool = Field(
+        False,
+        description="Also attack the samples the model already answers wrongly on the clean image and "
+        "keep their pairs (chosen = the ground truth, rejected = the answer on the perturbed image). "
+        "These are the model's own hallucinations, mostly answers of its language prior, which an "
+        "attack on correctly answered samples never reaches. Attack success and prior agreement "
+        "rates are still computed over correctly answered samples only.",
+    )
     balance_yes_no: bool = Field(
         True,
         description="Keep as many yes/no pairs whose chosen answer is 'yes' as 'no' (highest IIG first). "

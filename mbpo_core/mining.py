@@ -7,9 +7,10 @@
 2. Score the ground-truth answers' IIG and keep the top `iig.keep_fraction` (or IIG >= `iig.min_iig`),
    then at most `mining.limit` samples, highest IIG first.
 3. Per batch of same-size images: decode on the clean and the null image; attack the samples the
-   model answers correctly (PGD, quantised to uint8 exactly as the PNG stores it), decode on the
-   perturbed image; keep a pair when the verifier says that answer is wrong. The random-noise
-   baseline of the same budget runs on the same samples.
+   model answers correctly (and, with `mining.attack_clean_wrong`, those it already gets wrong)
+   (PGD, quantised to uint8 exactly as the PNG stores it), decode on the perturbed image; keep a
+   pair when the verifier says that answer is wrong. The random-noise baseline of the same budget
+   runs on the same samples.
 
 Output directory (resumable: a re-run skips every id already in records.jsonl):
     records.jsonl  one line per processed sample (the log; appended with one write + fsync, so a
@@ -256,7 +257,8 @@ def mine_batch(
     adapter: VLMAdapter, pixels: torch.Tensor, samples: Sequence[ManifestSample], config: MBPOConfig
 ) -> tuple[list[Record], torch.Tensor]:
     """Mine one batch of same-size images. Returns one record per sample (without file paths) and
-    the quantised PGD images (B, H, W, 3) (rows of samples not attacked are the clean image)."""
+    the quantised PGD images (B, H, W, 3) (rows of samples not attacked are the clean image).
+    Records keep `status` "attacked" (clean answer correct) or "clean_wrong" either way."""
     questions = [s.question for s in samples]
     answers = [s.answer for s in samples]
     decode = _decoder(adapter, config)
@@ -279,7 +281,7 @@ def mine_batch(
             }
         )
     adv_all = pixels.clone()
-    idx = [i for i, r in enumerate(records) if r["status"] == "attacked"]
+    idx = [i for i, r in enumerate(records) if r["status"] == "attacked" or config.mining.attack_clean_wrong]
     if not idx:
         return records, adv_all
     sub_pixels = pixels[idx]
@@ -467,7 +469,8 @@ def _finish(
     manifest: Path,
     limit: int | None,
 ) -> MiningSummary:
-    flipped = [r for r in records if r.get("status") == "attacked" and r.get("adv_correct") is False]
+    # Records of samples that were not attacked have no `adv_correct`.
+    flipped = [r for r in records if r.get("adv_correct") is False]
     kept = balance_yes_no(flipped) if config.mining.balance_yes_no else flipped
     pairs = [pair_line(r) for r in kept]
     write_atomic(

@@ -163,6 +163,29 @@ def test_pairs_are_balanced_between_chosen_yes_and_no(tmp_path: Path) -> None:
     assert everything.n_pairs == 3 and everything.n_dropped_for_balance == 0
 
 
+def test_clean_wrong_samples_become_pairs_on_request(tmp_path: Path) -> None:
+    """`wrong` (the model says "yes" to a "no" question on the clean image) is never attacked by
+    default; with `attack_clean_wrong` it is, stays wrong, and becomes a pair, while the attack
+    statistics still count only the correctly answered samples."""
+    manifest = write_pool(tmp_path / "data", POOL)
+    cfg = config()
+    cfg = cfg.model_copy(
+        update={"mining": cfg.mining.model_copy(update={"attack_clean_wrong": True, "balance_yes_no": False})}
+    )
+    model = ContrastModel()
+    summary = run_mining(model, manifest, tmp_path / "out", cfg)
+
+    pairs = {p["id"]: p for p in load_pairs(tmp_path / "out" / "pairs.jsonl")}
+    assert set(pairs) == {"yes_near", "no_near", "wrong"}
+    assert (pairs["wrong"]["chosen"], pairs["wrong"]["rejected"]) == ("no", "Yes.")
+    assert pairs["wrong"]["logp_adv"] < pairs["wrong"]["logp_clean"]
+    assert (tmp_path / "out" / pairs["wrong"]["perturbed_image"]).is_file()
+    assert "is wrong busy ?" in model.attacked_questions
+    assert summary.n_pairs == 3
+    assert summary.attack_success_rate == 0.5  # 2 of the 4 correctly answered samples
+    assert summary.details["n_clean_correct"] == 4 and summary.details["n_clean_wrong"] == 1
+
+
 def test_perturbed_png_is_within_budget_and_reproduces_the_rejected_answer(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_mining(ContrastModel(), write_pool(tmp_path / "data", POOL), out, config())
