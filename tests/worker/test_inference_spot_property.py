@@ -6,11 +6,12 @@ The aligned model is trained here: the shipped quick recipe (`examples/testbed-q
 `config:`) run end to end (score -> mine -> train) on the quick testbed, about a minute on 2 cores,
 with one torch thread so that the numbers below reproduce on any machine of this kind.
 
-The null image is `noise`: it carries no information about the scene, so a model that answers
-"yes, there is a partner" on it answers from its prior. Measured on all 300 questions (base vs
-aligned agreement): noise 0.65 vs 0.60, gray 0.59 vs 0.55, blur 0.92 vs 0.92. Blur is the wrong probe
-here: it keeps the anchor's blob and erases the partner's outline, and a model that has learned to
-look says "no" to the partner on the blurred image as well as on the sharp one, which agrees.
+The null image is `noise` (spot_check's fixed-seed uniform noise): it carries no information about
+the scene, so what a model answers on it is its prior. Measured with this file's `prior_agreement`
+on all 300 questions, base vs aligned: noise 0.83 vs 0.59, gray 0.59 vs 0.55, blur 0.92 vs 0.92.
+Blur is the wrong probe once a model looks: it keeps the anchor's blob and erases the partner's
+faint outline, so an aligned model says "no" to the partner on the blurred image as it does on the
+sharp one, and the two answers agree for the right reason.
 """
 
 from __future__ import annotations
