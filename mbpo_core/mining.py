@@ -310,16 +310,27 @@ def mine_batch(
     adv_pred = decode(adv, sub_q)
     noise_pred: list[str | None] = [None] * len(idx)
     logp_noise: list[float | None] = [None] * len(idx)
-    if config.mining.random_noise_baseline:
-        generators = [_sample_generator(config.seed, samples[i].id, "noise") for i in idx]
+    # The baseline is compared with the attack's success rate, which counts only the samples
+    # answered correctly on the clean image: the others need no noise run.
+    baseline = [j for j, i in enumerate(idx) if records[i]["status"] == "attacked"]
+    if config.mining.random_noise_baseline and baseline:
         noisy = quantize_uint8(
             torch.cat(
-                [random_sign_noise(sub_pixels[j : j + 1], attack.eps, g) for j, g in enumerate(generators)]
+                [
+                    random_sign_noise(
+                        sub_pixels[j : j + 1],
+                        attack.eps,
+                        _sample_generator(config.seed, samples[idx[j]].id, "noise"),
+                    )
+                    for j in baseline
+                ]
             )
         )
-        noise_pred = list(decode(noisy, sub_q))
+        base_q = [sub_q[j] for j in baseline]
         with torch.no_grad():
-            logp_noise = list(logprob(noisy).tolist())
+            base_logp = adapter.answer_logprobs(noisy, base_q, [sub_a[j] for j in baseline])[0].tolist()
+        for j, prediction, logp in zip(baseline, decode(noisy, base_q), base_logp, strict=True):
+            noise_pred[j], logp_noise[j] = prediction, logp
     for j, i in enumerate(idx):
         r, s = records[i], samples[i]
         choices = list(s.choices) or None

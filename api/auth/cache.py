@@ -19,24 +19,18 @@ AUTH_CACHE_SECONDS = 5.0
 AUTH_CACHE_ENTRIES = 10_000
 
 
-class AuthCache:
+class AuthCache(TTLCache[str, Principal]):
+    """Keyed by the API key's SHA-256: the clear key is never held in memory longer than a request."""
+
     def __init__(self, ttl: float = AUTH_CACHE_SECONDS, max_entries: int = AUTH_CACHE_ENTRIES):
-        self._cache: TTLCache[str, Principal] = TTLCache(ttl, max_entries)
-
-    @property
-    def ttl(self) -> float:
-        return self._cache.ttl
-
-    @ttl.setter
-    def ttl(self, value: float) -> None:
-        self._cache.ttl = value
-
-    @staticmethod
-    def _slot(key: str) -> str:
-        return hashlib.sha256(key.encode()).hexdigest()
+        super().__init__(ttl, max_entries)
 
     def get(self, key: str) -> Principal | None:
-        return self._cache.get(self._slot(key))
+        return super().get(_slot(key))
 
-    def put(self, key: str, principal: Principal) -> None:
-        self._cache.put(self._slot(key), principal)
+    def put(self, key: str, value: Principal) -> None:
+        super().put(_slot(key), value)
+
+
+def _slot(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()

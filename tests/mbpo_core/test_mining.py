@@ -183,6 +183,11 @@ def test_clean_wrong_samples_become_pairs_on_request(tmp_path: Path) -> None:
     assert "is wrong busy ?" in model.attacked_questions
     assert summary.n_pairs == 3
     assert summary.attack_success_rate == 0.5  # 2 of the 4 correctly answered samples
+    records = {
+        r["id"]: r for r in map(json.loads, (tmp_path / "out" / "records.jsonl").read_text().splitlines())
+    }
+    assert "noise_prediction" not in records["wrong"]  # the noise baseline is for the attack's rate only
+    assert all("noise_prediction" in r for r in records.values() if r["status"] == "attacked")
     assert summary.details["n_clean_correct"] == 4 and summary.details["n_clean_wrong"] == 1
 
 
