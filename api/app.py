@@ -9,18 +9,18 @@ from fastapi import APIRouter, Depends, FastAPI
 from api.admin import mount_admin
 from api.artefacts.routes import router as artefacts_router
 from api.auth.cache import AuthCache
-from api.chat.routes import router as chat_router
 from api.datasets.routes import router as datasets_router
-from api.db.session import get_session_factory
 from api.deps import get_principal
 from api.errors import register_error_handlers
 from api.health.routes import router as health_router
+from api.inference.chat.routes import router as chat_router
 from api.inference.models import ResolvedModels
+from api.inference.spotchecks.routes import router as spot_checks_router
 from api.limits import slot_count
 from api.models.routes import router as models_router
 from api.runs.routes import router as runs_router
-from api.settings import Settings, get_settings
-from api.spotchecks.routes import router as spot_checks_router
+from infra.db.session import get_session_factory
+from infra.settings import Settings, get_settings
 
 API_VERSION = "0.1.0"
 

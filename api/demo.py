@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.models import BaseModelRecord, Dataset, DatasetStatus, User
-from api.jobs import JobQueue, TaskName, get_celery
-from api.settings import Settings
-from mbpo_core.model_info import inspect_model_dir
+from infra.db.models import BaseModelRecord, Dataset, DatasetStatus, User
+from infra.jobs import JobQueue, TaskName, get_celery
+from infra.settings import Settings
+from mbpo_core.models.info import inspect_model_dir
 
 DEMO_SPLITS = ("offline", "online", "pope_random", "pope_popular", "pope_adversarial", "vqa")
 EVAL_SPLITS = ("pope_random", "pope_adversarial", "vqa")

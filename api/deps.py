@@ -24,9 +24,9 @@ from api.auth.sessions import (
     session_principal,
 )
 from api.errors import Forbidden, Unauthorized
-from api.jobs import JobQueue, get_celery
 from api.limits import database_slot
-from api.settings import Settings
+from infra.jobs import JobQueue, get_celery
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from api.errors import Unprocessable
-from api.settings import Settings
+from infra.settings import Settings
 
 
 def resolve_allowed_path(raw: str, settings: Settings, *, field: str = "path") -> Path:

@@ -1,4 +1,4 @@
-"""The project's results table: MBPO against its ablations on the testbed (issue 5, DESIGN 5).
+"""The project's results table: MBPO against its ablations on the testbed (docs/method.md, the testbed).
 
     .venv/bin/python bench/ablation.py --seeds 0 1 2 --out /tmp/mbpo-ablation --doc docs/results.md
 
@@ -10,9 +10,10 @@ pope_popular / pope_adversarial / vqa. Rows:
 
     base          the testbed's base model, no training
     sft           more supervised training on the biased `sft` split, same number of trained
-                  sequences as the GRPO rows (steps x prompts x G)
+                  sequences as the GRPO rows (steps x prompts x G)   (mbpo_core.training.baselines)
     dpo_random    TRL DPOTrainer on pairs with random negatives: pool samples drawn at random (no IIG
                   filter, no attack), rejected = a random wrong answer of the task's answer space
+                  (mbpo_core.training.baselines)
     grpo_online   hybrid trainer with offline_fraction = 0 (plain online GRPO, verified rewards)
     offline_only  hybrid trainer with offline_fraction = 1 (mined pairs + G-2 samples, no online prompts)
     mbpo          hybrid trainer, offline_fraction = 0.5
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 from pathlib import Path
@@ -34,7 +34,6 @@ from typing import Any
 import torch
 
 from mbpo_core.config import MBPOConfig
-from mbpo_core.manifest import read_manifest, resolve_image_path
 
 ROWS = ("base", "sft", "dpo_random", "grpo_online", "offline_only", "mbpo")
 SPLITS = ("pope_random", "pope_popular", "pope_adversarial", "vqa")
@@ -98,136 +97,14 @@ def train_hybrid(testbed: Path, work: Path, config: MBPOConfig, offline_fraction
     return result.model_dir
 
 
-def train_sft(testbed: Path, work: Path, config: MBPOConfig) -> Path:
-    """Teacher-forced NLL of the ground-truth answer on the `sft` split, full fine-tuning with the
-    vision tower frozen, for as many sequences as a GRPO row trains on."""
-    import numpy as np
-    from PIL import Image
-
-    from mbpo_core.models import load_adapter
-    from mbpo_core.training.session import freeze_vision_tower
-
-    target = work / "model"
-    if (target / "config.json").exists():
-        return target
-    adapter = load_adapter(testbed / "base_model")
-    model = adapter.model.train()
-    freeze_vision_tower(model)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.train.learning_rate
-    )
-    path = manifest(testbed, "sft")
-    samples = read_manifest(path)
-    rng = random.Random(config.seed)
-    batch_size = config.train.prompts_per_step * config.train.num_generations
-    for _ in range(config.train.max_steps):
-        batch = rng.sample(samples, min(batch_size, len(samples)))
-        by_size: dict[tuple[int, int], list[Any]] = {}
-        images = {}
-        for s in batch:
-            img = Image.open(resolve_image_path(path.parent, s.image)).convert("RGB")
-            images[s.id] = np.asarray(img)
-            by_size.setdefault(img.size, []).append(s)
-        optimizer.zero_grad()
-        for group in by_size.values():
-            pixels = torch.from_numpy(np.stack([images[s.id] for s in group])).float() / 255.0
-            logp, n_tokens = adapter.answer_logprobs(
-                pixels, [s.question for s in group], [s.answer for s in group]
-            )
-            loss = -(logp.sum() / n_tokens.sum()) * len(group) / batch_size
-            loss.backward()
-        optimizer.step()
-    model.eval()
-    model.save_pretrained(target)
-    adapter.processor.save_pretrained(target)
-    return target
-
-
-def random_wrong_answer(rng: random.Random, task: str, answer: str, choices: tuple[str, ...]) -> str:
-    """A wrong answer of the task's answer space, drawn at random."""
-    from mbpo_core.verifiers import choice_letter, parse_answer
-
-    if task == "yes_no":
-        return "no" if parse_answer(task, answer) == "yes" else "yes"
-    if task == "multiple_choice":
-        truth = parse_answer(task, answer, choices)
-        wrong = [c for i, c in enumerate(choices) if choice_letter(i) != truth]
-        return rng.choice(wrong)
-    value = float(parse_answer(task, answer) or 0.0)
-    return str(int(value) + rng.choice([-2, -1, 1, 2]) if value >= 2 else int(value) + rng.choice([1, 2]))
-
-
-def train_dpo_random(testbed: Path, work: Path, config: MBPOConfig, n_pairs: int) -> Path:
-    """TRL's DPOTrainer on random pool samples with random wrong answers as the rejected side."""
-    from datasets import Dataset
-    from datasets import Image as DatasetImage
-    from trl import DPOConfig, DPOTrainer
-
-    from mbpo_core.models import load_adapter
-    from mbpo_core.training.session import freeze_vision_tower
-
-    target = work / "model"
-    if (target / "config.json").exists():
-        return target
-    path = manifest(testbed, "offline")
-    rng = random.Random(config.seed)
-    samples = rng.sample(read_manifest(path), min(n_pairs, len(read_manifest(path))))
-    rows = {
-        "prompt": [
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.question}]}]
-            for s in samples
-        ],
-        "chosen": [[{"role": "assistant", "content": [{"type": "text", "text": s.answer}]}] for s in samples],
-        "rejected": [
-            [
-                {
-                    "role": "assistant",
-                    "content": [
-                        {"type": "text", "text": random_wrong_answer(rng, s.task, s.answer, s.choices)}
-                    ],
-                }
-            ]
-            for s in samples
-        ],
-        "images": [[str(resolve_image_path(path.parent, s.image))] for s in samples],
-    }
-    dataset = Dataset.from_dict(rows).cast_column("images", [DatasetImage(mode="RGB")])
-    adapter = load_adapter(testbed / "base_model")
-    adapter.processor.tokenizer.padding_side = "left"
-    freeze_vision_tower(adapter.model)
-    batch = config.train.prompts_per_step * config.train.num_generations // 2  # a pair = 2 sequences
-    args = DPOConfig(
-        output_dir=str(work / "dpo"),
-        max_steps=config.train.max_steps,
-        per_device_train_batch_size=batch,
-        learning_rate=config.train.learning_rate,
-        beta=0.1,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=10,
-        seed=config.seed,
-        disable_tqdm=True,
-    )
-    trainer = DPOTrainer(
-        model=adapter.model, args=args, train_dataset=dataset, processing_class=adapter.processor
-    )
-    trainer.train()
-    adapter.model.save_pretrained(target)
-    adapter.processor.save_pretrained(target)
-    return target
-
-
 # --- evaluation and the table -------------------------------------------------------------------
 
 
 def evaluate(
     model_dir: Path, testbed: Path, config: MBPOConfig, limit: int | None
 ) -> dict[str, dict[str, float]]:
-    from mbpo_core.evaluation import evaluate_manifest
-    from mbpo_core.models import load_adapter
+    from mbpo_core.evaluation.evaluate import evaluate_manifest
+    from mbpo_core.models.loader import load_adapter
 
     adapter = load_adapter(model_dir)
     return {
@@ -244,8 +121,9 @@ def evaluate(
 
 
 def run_cell(row: str, seed: int, testbed: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from mbpo_core.mining import mine
-    from mbpo_core.models import load_adapter
+    from mbpo_core.mining.mine import mine
+    from mbpo_core.models.loader import load_adapter
+    from mbpo_core.training.baselines import train_dpo_random, train_sft
 
     config = base_config(args.recipe, seed, args.steps)
     work = args.out / f"seed-{seed}"
@@ -256,9 +134,12 @@ def run_cell(row: str, seed: int, testbed: Path, args: argparse.Namespace) -> di
     if row == "base":
         model_dir = testbed / "base_model"
     elif row == "sft":
-        model_dir = train_sft(testbed, work / row, config)
+        model_dir = train_sft(testbed / "base_model", manifest(testbed, "sft"), work / row, config)
     elif row == "dpo_random":
-        model_dir = train_dpo_random(testbed, work / row, config, n_pairs=config.mining.limit or 200)
+        n_pairs = config.mining.limit or 200
+        model_dir = train_dpo_random(
+            testbed / "base_model", manifest(testbed, "offline"), work / row, config, n_pairs=n_pairs
+        )
     else:
         fraction = {"grpo_online": 0.0, "offline_only": 1.0, "mbpo": 0.5}[row]
         model_dir = train_hybrid(testbed, work / row, config, fraction, pairs)

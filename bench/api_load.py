@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from api.auth.service import authenticate, create_api_key  # noqa: E402
-from api.db.base import utcnow  # noqa: E402
-from api.db.migrate import upgrade_to_head  # noqa: E402
-from api.db.models import Dataset, DatasetStatus  # noqa: E402
-from api.db.session import make_engine, make_session_factory  # noqa: E402
+from infra.db.base import utcnow  # noqa: E402
+from infra.db.migrate import upgrade_to_head  # noqa: E402
+from infra.db.models import Dataset, DatasetStatus  # noqa: E402
+from infra.db.session import make_engine, make_session_factory  # noqa: E402
 
 
 def seed(url: str, datasets: int) -> tuple[str, str]:
@@ -256,7 +256,7 @@ def main() -> None:
         if server is not None and server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
-        from api.db.session import get_engine
+        from infra.db.session import get_engine
 
         get_engine.cache_clear()
         with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:

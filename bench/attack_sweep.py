@@ -1,6 +1,6 @@
 """Attack success and prior agreement against the perturbation budget (issue "Must show" table).
 
-Runs the real mining pipeline (`mbpo_core.mining.mine`) once per eps on the same pool, with
+Runs the real mining pipeline (`mbpo_core.mining.mine.mine`) once per eps on the same pool, with
 10 PGD steps of eps/4 (the defaults' 2/255 at 8/255), and prints, per eps, for PGD and for uniform
 sign noise of the same budget: attack success rate (flips among samples answered correctly on the
 clean image), prior agreement (flipped answers equal to the null-image answer) and its base rate
@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mbpo_core.config import MBPOConfig  # noqa: E402
-from mbpo_core.mining import mine  # noqa: E402
-from mbpo_core.models import load_adapter  # noqa: E402
+from mbpo_core.mining.mine import mine  # noqa: E402
+from mbpo_core.models.loader import load_adapter  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -37,12 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from api.auth.service import create_api_key  # noqa: E402
-from api.db.migrate import upgrade_to_head  # noqa: E402
-from api.db.models import BaseModelRecord, Run  # noqa: E402
-from api.db.session import make_engine, make_session_factory  # noqa: E402
-from api.events.publish import publish_events  # noqa: E402
-from api.events.store import append_event, event_payload  # noqa: E402
-from api.settings import Settings  # noqa: E402
+from infra.db.migrate import upgrade_to_head  # noqa: E402
+from infra.db.models import BaseModelRecord, Run  # noqa: E402
+from infra.db.session import make_engine, make_session_factory  # noqa: E402
+from infra.events.publish import publish_events  # noqa: E402
+from infra.events.store import append_event, event_payload  # noqa: E402
+from infra.settings import Settings  # noqa: E402
 
 
 def free_port() -> int:

@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from api.auth.service import create_api_key  # noqa: E402
-from api.db.models import BaseModelRecord  # noqa: E402
-from api.db.session import make_engine, make_session_factory  # noqa: E402
+from infra.db.models import BaseModelRecord  # noqa: E402
+from infra.db.session import make_engine, make_session_factory  # noqa: E402
 from tests.helpers import services  # noqa: E402
 from tests.helpers.inference import data_url, png_bytes  # noqa: E402
 
@@ -67,8 +67,8 @@ class Direct:
     """`adapter.generate` in this process: the baseline."""
 
     def __init__(self, model_dir: Path, png: bytes):
-        from mbpo_core.models import load_adapter
-        from mbpo_core.serving import pixels_from_bytes
+        from mbpo_core.models.loader import load_adapter
+        from mbpo_core.serving.engine import pixels_from_bytes
 
         self.adapter = load_adapter(model_dir)
         self.pixels = pixels_from_bytes(png).unsqueeze(0)

@@ -33,12 +33,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mbpo_core.attack import pgd_perturb  # noqa: E402
 from mbpo_core.config import MBPOConfig  # noqa: E402
-from mbpo_core.manifest import ManifestSample, read_manifest  # noqa: E402
-from mbpo_core.mining import mine_batch  # noqa: E402
-from mbpo_core.models import VLMAdapter, adapter_class, load_adapter  # noqa: E402
+from mbpo_core.data.manifest import ManifestSample, read_manifest  # noqa: E402
+from mbpo_core.mining.attack import pgd_perturb  # noqa: E402
+from mbpo_core.mining.mine import mine_batch  # noqa: E402
+from mbpo_core.models.base import VLMAdapter  # noqa: E402
 from mbpo_core.models.build import build_model, build_processor  # noqa: E402
+from mbpo_core.models.loader import adapter_class, load_adapter  # noqa: E402
 
 QUESTION_WORDS = ["is", "there", "a", "red", "blue", "circle", "square", "in", "the", "image", "yes", "no"]
 

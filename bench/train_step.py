@@ -35,9 +35,9 @@ from trl import GRPOTrainer
 
 from mbpo_core.config import LoraConfig, TrainConfig
 from mbpo_core.models.build import build_model, build_processor
-from mbpo_core.rewards import TRL_REWARD_FUNCS
 from mbpo_core.training.arguments import grpo_config, peft_config
 from mbpo_core.training.data import PromptRow, build_prompt_dataset
+from mbpo_core.training.rewards import TRL_REWARD_FUNCS
 from mbpo_core.training.trainer import HybridGRPOTrainer
 
 WORDS = ["is", "there", "a", "red", "blue", "green", "circle", "square", "yes", "no"]
@@ -56,7 +56,7 @@ def make_rows(root: Path, image_size: int, n: int) -> tuple[list[PromptRow], lis
 
 
 def build_trainer(kind: str, model_dir: Path, rows: tuple[list, list], train: TrainConfig, out: Path) -> Any:
-    from mbpo_core.models import load_adapter
+    from mbpo_core.models.loader import load_adapter
 
     adapter = load_adapter(model_dir)
     adapter.processor.tokenizer.padding_side = "left"

@@ -1,18 +1,22 @@
-"""The `mbpo` command: each package contributes its own commands here.
+"""The `mbpo` command. One module per command group; each exposes `register(app)`:
 
-- `api.cli`:       serve, api, keys
-- `worker.cli`:    worker
-- `mbpo_core.cli`: testbed, mine, train, eval, run
-Heavy imports (torch, the web app) happen inside the commands, so `mbpo --help` is instant.
+- `serve.py`:   serve (the service with a local worker), api (the web app alone)
+- `keys.py`:    keys create
+- `worker.py`:  worker (one Celery worker)
+- `testbed.py`: testbed build, eval
+- `mine.py`:    mine
+- `train.py`:   train, run (the whole pipeline without the service)
+
+The commands call functions of `api`, `worker`, `infra` and `mbpo_core`; they hold no logic of
+their own beyond parsing flags and printing. Heavy imports (torch, the web app) happen inside the
+commands, so `mbpo --help` is instant.
 """
 
 from __future__ import annotations
 
 import typer
 
-from api import cli as api_cli
-from mbpo_core import cli as core_cli
-from worker import cli as worker_cli
+from mbpo_cli import keys, mine, serve, testbed, train, worker
 
 app = typer.Typer(
     name="mbpo",
@@ -21,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for module in (api_cli, worker_cli, core_cli):
+for module in (serve, keys, worker, testbed, mine, train):
     module.register(app)
 
 if __name__ == "__main__":

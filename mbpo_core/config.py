@@ -1,6 +1,6 @@
 """The one run configuration: the API's request schema and what `mbpo_core` executes.
 
-Every field is documented with the reason it exists; DESIGN.md section 2 defines the method.
+Every field is documented with the reason it exists; docs/method.md describes the method.
 Sections are frozen pydantic models with ``extra="forbid"`` so a typo is an error naming the field,
 never a silently ignored setting. This module must stay free of torch (the API imports it).
 """
@@ -21,7 +21,7 @@ class _Section(BaseModel):
 
 
 class IIGConfig(_Section):
-    """Image Information Gain scoring and the offline-pool filter (DESIGN 2.1)."""
+    """Image Information Gain scoring and the offline-pool filter (docs/method.md §1)."""
 
     null_image: NullImage = Field(
         "gray",
@@ -43,7 +43,7 @@ class IIGConfig(_Section):
 
 
 class AttackConfig(_Section):
-    """Projected gradient descent on the clean image (DESIGN 2.2)."""
+    """Projected gradient descent on the clean image (docs/method.md §2)."""
 
     eps: float = Field(
         8 / 255, gt=0, le=1, description="L-inf budget in [0,1] pixel space (8/255 is invisible)."
@@ -61,7 +61,7 @@ class AttackConfig(_Section):
 
 
 class MiningConfig(_Section):
-    """Hard-negative mining on the perturbed image (DESIGN 2.3)."""
+    """Hard-negative mining on the perturbed image (docs/method.md §3)."""
 
     max_new_tokens: int = Field(16, ge=1, le=512, description="Decode budget for the rejected answer.")
     do_sample: bool = Field(False, description="Greedy decoding (default) makes mining reproducible.")
@@ -100,7 +100,7 @@ class LoraConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Hybrid offline/online GRPO (DESIGN 2.4-2.5)."""
+    """Hybrid offline/online GRPO (docs/method.md §4-5)."""
 
     offline_fraction: float = Field(
         0.5,
@@ -166,7 +166,7 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """POPE-style and VQA evaluation (DESIGN 2.6)."""
+    """POPE-style and VQA evaluation (docs/method.md §6)."""
 
     limit: int | None = Field(None, ge=1, description="Samples per split (yes/no balance kept).")
     batch_size: int = Field(32, ge=1, description="Samples per generation batch.")

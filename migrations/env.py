@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from api.settings (or a connection handed in by code)."""
+"""Alembic environment: the URL comes from infra.settings (or a connection handed in by code)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from api.db import models  # noqa: F401  (registers every table on the metadata)
-from api.db.base import Base
-from api.db.session import make_engine
-from api.settings import get_settings
+from infra.db import models  # noqa: F401  (registers every table on the metadata)
+from infra.db.base import Base
+from infra.db.session import make_engine
+from infra.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

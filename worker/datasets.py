@@ -16,14 +16,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.base import utcnow
-from api.db.lease import Lease
-from api.db.models import Dataset, DatasetStatus
-from api.settings import Settings
-from mbpo_core.manifest import (
+from infra.db.base import utcnow
+from infra.db.lease import Lease, unclaimed
+from infra.db.models import Dataset, DatasetStatus
+from infra.settings import Settings
+from mbpo_core.data.manifest import (
     ImageInfo,
     ManifestError,
     ManifestSample,
@@ -275,10 +274,4 @@ def run_dataset_validation(
 
 def stale_validations(session: Session, *, older_than: timedelta) -> list[str]:
     """Datasets still `validating` with no live lease: their message was lost or their worker died."""
-    now = utcnow()
-    stmt = select(Dataset.id).where(
-        Dataset.status == DatasetStatus.validating,
-        Dataset.created_at < now - older_than,
-        or_(Dataset.lease_owner.is_(None), Dataset.lease_expires_at < now),
-    )
-    return list(session.scalars(stmt))
+    return unclaimed(session, Dataset, [DatasetStatus.validating], created_before=utcnow() - older_than)

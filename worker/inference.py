@@ -1,7 +1,8 @@
-"""Inference tasks on the `inference` queue: chat completions and spot-checks.
+"""Inference on the `inference` queue: chat completions and spot-checks (plain functions; the
+Celery shells are in worker.tasks).
 
-The tasks are thin: they decode the message, ask this process's `ModelCache` (mbpo_core.serving)
-for the model and send events back through `api.inference.replies`. The message carries the
+They are thin: they decode the message, ask this process's `ModelCache` (mbpo_core.serving.engine)
+for the model and send events back through `infra.replies`. The message carries the
 request itself (images included): a chat completion is not stored anywhere, and the API already
 resolved the model to directories, so the worker never touches the database here.
 
@@ -19,14 +20,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celery import shared_task
-
-from api.inference.replies import ReplyWriter, open_writer
-from api.jobs import TaskName
-from api.settings import Settings, get_settings
+from infra.replies import ReplyWriter, open_writer
+from infra.settings import Settings
 
 if TYPE_CHECKING:
-    from mbpo_core.serving import ModelCache, ModelSource
+    from mbpo_core.serving.engine import ModelCache, ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +37,21 @@ def get_model_cache(settings: Settings) -> ModelCache:
     global _cache
     with _cache_lock:
         if _cache is None:
-            import torch
+            from mbpo_core.models.device import resolve_device, resolve_dtype
+            from mbpo_core.serving.engine import ModelCache
 
-            from mbpo_core.serving import ModelCache
-
-            cuda = torch.cuda.is_available()
+            device = resolve_device()
             _cache = ModelCache(
                 settings.inference_cache_bytes,
                 max_batch=settings.inference_max_batch,
-                device="cuda" if cuda else "cpu",
-                dtype=torch.bfloat16 if cuda else torch.float32,
+                device=device,
+                dtype=resolve_dtype("auto", device),
             )
         return _cache
 
 
 def _source(settings: Settings, spec: dict[str, Any]) -> ModelSource:
-    from mbpo_core.serving import ModelSource
+    from mbpo_core.serving.engine import ModelSource
 
     # Checkpoint paths are recorded relative to the storage root (MBPO_HOME), which every process
     # of a deployment shares; base-model paths are absolute.
@@ -65,7 +62,7 @@ def _source(settings: Settings, spec: dict[str, Any]) -> ModelSource:
 
 
 def _fail(writer: ReplyWriter, exc: BaseException) -> None:
-    from mbpo_core.serving import ServingError
+    from mbpo_core.serving.engine import ServingError
 
     if isinstance(exc, ServingError):
         writer.send({"t": "error", "code": exc.code, "message": exc.message})
@@ -91,7 +88,7 @@ class _Requester:
 def run_chat_completion(settings: Settings, payload: dict[str, Any]) -> None:
     """Decode one chat request. Streaming: events start, text (deltas), done; otherwise a single
     done event carrying the text (one reply instead of one per token)."""
-    from mbpo_core.serving import ChatRequest, SamplingParams, pixels_from_bytes
+    from mbpo_core.serving.engine import ChatRequest, SamplingParams, pixels_from_bytes
 
     writer = open_writer(settings, payload["request_id"])
     try:
@@ -143,7 +140,7 @@ def run_chat_completion(settings: Settings, payload: dict[str, Any]) -> None:
 
 def run_spot_check(settings: Settings, payload: dict[str, Any]) -> None:
     """One model's spot-check; events: result (answers and IIGs) or error."""
-    from mbpo_core.serving import pixels_from_bytes, spot_check
+    from mbpo_core.serving.engine import pixels_from_bytes, spot_check
 
     writer = open_writer(settings, payload["request_id"])
     try:
@@ -175,14 +172,3 @@ def run_spot_check(settings: Settings, payload: dict[str, Any]) -> None:
         _fail(writer, exc)
     finally:
         writer.close()
-
-
-# Not retried: the requester is waiting now, and a retry after it gave up would decode for nobody.
-@shared_task(name=TaskName.chat_completion.value)
-def chat_completion(payload: dict[str, Any]) -> None:
-    run_chat_completion(get_settings(), payload)
-
-
-@shared_task(name=TaskName.spot_check.value)
-def spot_check_task(payload: dict[str, Any]) -> None:
-    run_spot_check(get_settings(), payload)

@@ -1,5 +1,5 @@
 """Run execution: the pipeline stages under a database lease, recorded as events, progress, metrics,
-artefacts and checkpoints. Plain functions; the Celery task at the bottom is a thin shell over
+artefacts and checkpoints. Plain functions; the Celery task (worker.tasks) is a thin shell over
 `execute_run`, and tests call it directly.
 
 - A duplicate delivery finds the run leased (or finished) and returns None without work.
@@ -22,42 +22,35 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from celery import Task, shared_task
-from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy import func
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.base import utcnow
-from api.db.lease import Lease
-from api.db.models import (
-    Artefact,
-    BaseModelRecord,
-    Checkpoint,
-    Dataset,
-    Run,
-    RunMetric,
-    RunStatus,
-)
-from api.db.session import get_session_factory
-from api.events.publish import publish_events
-from api.events.store import append_event, event_payload, json_safe
-from api.jobs import TaskName
-from api.settings import Settings, get_settings
-from mbpo_core import pipeline
+from infra.db.base import utcnow
+from infra.db.lease import Lease
+from infra.db.models import Artefact, Checkpoint, Dataset, Run
+from infra.events.publish import commit_and_publish
+from infra.events.store import append_event, json_safe
+from infra.runs.lifecycle import ACTIVE, CLAIMABLE, STAGES, RunStatus, overall_progress, transition
+from infra.runs.repository import ExecutionRepository
+from infra.settings import Settings
 from mbpo_core.config import MBPOConfig
-from mbpo_core.pipeline import PipelineError, RunInputs, RunLayout, StageCancelled, StageProgress
-from worker.celery_app import worker_identity
+from mbpo_core.pipeline import stages as pipeline
+from mbpo_core.pipeline.stages import PipelineError, RunInputs, RunLayout, StageCancelled, StageProgress
 
 log = logging.getLogger(__name__)
 
-# A run can be (re)claimed while queued or in any stage: a stage status with an expired lease
-# means the previous worker died there and the pipeline continues from what it left.
-CLAIMABLE = [RunStatus.queued, *pipeline.STAGES]
-# Share of the overall progress each stage represents (rough CPU/GPU time of a typical run).
-STAGE_WEIGHTS = {"validating": 0.02, "scoring": 0.13, "mining": 0.25, "training": 0.45, "evaluating": 0.15}
 PROGRESS_WRITE_INTERVAL = 1.0  # seconds between progress writes (training steps are always written)
 PROGRESS_EVENT_INTERVAL = 5.0  # seconds between stage_progress events (the log stays readable)
 CANCEL_POLL_INTERVAL = 0.05  # seconds between reads of the cancel flag (a quick step can take 0.1 s)
 HASHED_FILE_LIMIT = 256 * 1024 * 1024  # artefacts larger than this get no sha256 (weights)
+
+
+# The statuses a run may be in when this worker records how it ended.
+FINISH_SOURCES = {
+    RunStatus.succeeded: frozenset({RunStatus.evaluating, RunStatus.cancelling}),
+    RunStatus.failed: ACTIVE,
+    RunStatus.cancelled: frozenset({RunStatus.cancelling}),
+}
 
 
 class LeaseLost(Exception):
@@ -89,12 +82,7 @@ class RunLease(Lease):
 
 
 def run_layout(settings: Settings, run_id: str) -> RunLayout:
-    return RunLayout(settings.home_dir / "runs" / run_id)
-
-
-def overall_progress(stage_progress: dict[str, float]) -> float:
-    total = sum(STAGE_WEIGHTS.values())
-    return round(sum(w * stage_progress.get(s, 0.0) for s, w in STAGE_WEIGHTS.items()) / total, 4)
+    return RunLayout(settings.run_dir(run_id))
 
 
 def eval_split_names(datasets: list[Dataset]) -> dict[str, Dataset]:
@@ -106,19 +94,20 @@ def eval_split_names(datasets: list[Dataset]) -> dict[str, Dataset]:
 
 
 def load_inputs(session: Session, run: Run) -> RunInputs:
-    model = session.get(BaseModelRecord, run.base_model_id)
+    repo = ExecutionRepository(session)
+    model = repo.model(run.base_model_id)
     if model is None:
         raise PipelineError("model_missing", f"base model {run.base_model_id} no longer exists")
 
     def manifest(dataset_id: str | None) -> Path | None:
         if dataset_id is None:
             return None
-        dataset = session.get(Dataset, dataset_id)
+        dataset = repo.dataset(dataset_id)
         if dataset is None:
             raise PipelineError("dataset_missing", f"dataset {dataset_id} no longer exists")
         return Path(dataset.root_path) / dataset.manifest_name
 
-    eval_rows = [session.get(Dataset, i) for i in run.eval_dataset_ids]
+    eval_rows = [repo.dataset(i) for i in run.eval_dataset_ids]
     if any(row is None for row in eval_rows):
         raise PipelineError("dataset_missing", "an evaluation dataset no longer exists")
     return RunInputs(
@@ -155,25 +144,14 @@ class RunRecorder:
 
     def load_state(self) -> None:
         with self.factory() as session:
-            run = session.get(Run, self.run_id)
+            repo = ExecutionRepository(session)
+            run = repo.run(self.run_id)
             assert run is not None
             self.stage_progress = dict(run.stage_progress or {})
             self._progress_at_start = run.progress
-            self.recorded_step = (
-                session.scalar(
-                    select(func.max(RunMetric.step)).where(
-                        RunMetric.run_id == self.run_id, RunMetric.stage == "training"
-                    )
-                )
-                or 0
-            )
+            self.recorded_step = repo.last_recorded_step(self.run_id, RunStatus.training)
 
     # ---- events ----------------------------------------------------------------------------
-
-    def _commit_events(self, session: Session, events: list[Any]) -> None:
-        payloads = [event_payload(e) for e in events]
-        session.commit()
-        publish_events(self.settings, payloads)
 
     def event(
         self,
@@ -186,35 +164,20 @@ class RunRecorder:
     ) -> None:
         with self.factory() as session:
             event = append_event(session, self.run_id, type, message, stage=stage, level=level, data=data)
-            self._commit_events(session, [event])
+            commit_and_publish(session, self.settings, [event])
 
-    def _transition(
-        self, values: dict[str, Any], event: tuple[str, str, dict[str, Any]], *conditions: Any
-    ) -> bool:
-        """Update the run (while this worker holds the lease and `conditions` hold) and append the
-        event in the same transaction, so a reader that sees the event sees the new state."""
+    def _transition(self, to: RunStatus, sources: frozenset[RunStatus], message: str, **kwargs: Any) -> bool:
+        """`lifecycle.transition` while this worker holds the lease; False when it no longer does
+        or the run left `sources` (cancelled meanwhile)."""
         with self.factory() as session:
-            result = session.execute(
-                update(Run)
-                .where(Run.id == self.run_id, Run.lease_owner == self.owner, *conditions)
-                .values(**values),
-                execution_options={"synchronize_session": False},
+            owned = [Run.lease_owner == self.owner]
+            event = transition(
+                session, self.run_id, to, sources=sources, message=message, when=owned, **kwargs
             )
-            assert isinstance(result, CursorResult)
-            if result.rowcount != 1:
+            if event is None:
                 session.rollback()
                 return False
-            type_, message, data = event
-            row = append_event(
-                session,
-                self.run_id,
-                type_,
-                message,
-                stage=values.get("stage"),
-                level="error" if type_ == "run_failed" else "info",
-                data=data,
-            )
-            self._commit_events(session, [row])
+            commit_and_publish(session, self.settings, [event])
             return True
 
     # ---- cancellation and lease ------------------------------------------------------------
@@ -226,9 +189,7 @@ class RunRecorder:
         if not self._cancel_requested and now - self._last_cancel_check >= CANCEL_POLL_INTERVAL:
             self._last_cancel_check = now
             with self.factory() as session:
-                row = session.execute(
-                    select(Run.status, Run.lease_owner).where(Run.id == self.run_id)
-                ).one_or_none()
+                row = ExecutionRepository(session).status_and_owner(self.run_id)
             if row is None or row.lease_owner != self.owner:
                 self.lost.set()
                 return True
@@ -241,18 +202,29 @@ class RunRecorder:
 
     # ---- stages ----------------------------------------------------------------------------
 
-    def enter_stage(self, stage: str) -> None:
+    def enter_stage(self, stage: RunStatus) -> None:
         self.check()
         self.stage_progress.setdefault(stage, 0.0)
         entered = self._transition(
-            {"status": stage, "stage": stage, "stage_progress": dict(self.stage_progress)},
-            ("stage_started", f"{stage} started", {"stage": stage}),
-            Run.status != RunStatus.cancelling,
+            stage,
+            CLAIMABLE,
+            f"{stage} started",
+            values={"stage_progress": dict(self.stage_progress)},
+            data={"stage": stage},
         )
         if not entered:  # cancelled meanwhile, or the lease is gone: read the row again to know which
             self._last_cancel_check = 0.0
             self.check()
             raise LeaseLost()
+
+    def on_stage(self, stage: str, result: dict[str, Any] | None) -> None:
+        """The pipeline's hook around each stage: enter it (None), or record its result."""
+        if result is None:
+            self.enter_stage(RunStatus(stage))
+        elif self.lost.is_set():
+            raise LeaseLost()
+        else:
+            self.complete_stage(stage, result)
 
     def report(self, p: StageProgress) -> None:
         """Pipeline progress -> run row (throttled), training metrics and step events (each step once)."""
@@ -305,10 +277,7 @@ class RunRecorder:
             # Re-run after resuming from an earlier checkpoint: the step is already recorded.
             return
         with self.factory() as session:
-            session.add_all(
-                RunMetric(run_id=self.run_id, stage=p.stage, name=name, step=p.step, value=value)
-                for name, value in p.metrics.items()
-            )
+            ExecutionRepository(session).add_metrics(self.run_id, p.stage, p.step, p.metrics)
             event = append_event(
                 session,
                 self.run_id,
@@ -323,7 +292,7 @@ class RunRecorder:
                     "progress": progress,
                 },
             )
-            self._commit_events(session, [event])
+            commit_and_publish(session, self.settings, [event])
         self.recorded_step = p.step
         self.sync_checkpoints()
 
@@ -349,10 +318,11 @@ class RunRecorder:
         size, sha = _size_and_hash(path)
         rel = self._relative(path)
         with self.factory.begin() as session:
-            row = session.scalar(select(Artefact).where(Artefact.run_id == self.run_id, Artefact.path == rel))
+            repo = ExecutionRepository(session)
+            row = repo.artefact_at(self.run_id, rel)
             if row is None:
                 row = Artefact(run_id=self.run_id, kind=kind, path=rel)
-                session.add(row)
+                repo.add(row)
             row.size_bytes, row.sha256, row.meta = size, sha, json_safe(meta or {})
 
     def register_stage_artefacts(self, stage: str, result: dict[str, Any]) -> None:
@@ -379,14 +349,13 @@ class RunRecorder:
         steps = {c.step for c in found}
         events = []
         with self.factory() as session:
-            rows = {
-                c.step: c for c in session.scalars(select(Checkpoint).where(Checkpoint.run_id == self.run_id))
-            }
+            repo = ExecutionRepository(session)
+            rows = repo.checkpoints_by_step(self.run_id)
             for info in found:
                 row = rows.get(info.step)
                 if row is None:
                     row = Checkpoint(run_id=self.run_id, step=info.step, path=self._relative(info.path))
-                    session.add(row)
+                    repo.add(row)
                     events.append(
                         append_event(
                             session,
@@ -402,17 +371,14 @@ class RunRecorder:
                     row.eval_scores = json_safe(eval_scores)
             gone = [s for s in rows if s not in steps]
             if gone:
-                session.execute(
-                    delete(Checkpoint).where(Checkpoint.run_id == self.run_id, Checkpoint.step.in_(gone))
-                )
-            self._commit_events(session, events)
+                repo.delete_checkpoints(self.run_id, gone)
+            commit_and_publish(session, self.settings, events)
         self._synced_steps = sorted(steps)
 
     # ---- the end -----------------------------------------------------------------------------
 
     def finish(self, status: RunStatus, message: str, **values: Any) -> bool:
         values = {
-            "status": status,
             "finished_at": utcnow(),
             "lease_owner": None,
             "lease_expires_at": None,
@@ -420,7 +386,7 @@ class RunRecorder:
             **values,
         }
         data = {k: values[k] for k in ("error_code", "error_message") if values.get(k)}
-        return self._transition(values, (f"run_{status}", message, data))
+        return self._transition(status, FINISH_SOURCES[status], message, values=values, data=data)
 
 
 def _brief(result: dict[str, Any]) -> dict[str, Any]:
@@ -448,7 +414,7 @@ def execute_run(factory: sessionmaker[Session], settings: Settings, run_id: str,
     lease = RunLease(
         factory, Run, run_id, owner, timedelta(seconds=settings.lease_seconds), settings.run_stall_seconds
     )
-    if not lease.claim(CLAIMABLE, started_at=func.coalesce(Run.started_at, utcnow())):
+    if not lease.claim(list(CLAIMABLE), started_at=func.coalesce(Run.started_at, utcnow())):
         log.info("run %s: not claimable (finished, cancelled, or leased by another worker)", run_id)
         return None
     layout = run_layout(settings, run_id)
@@ -467,7 +433,7 @@ def execute_run(factory: sessionmaker[Session], settings: Settings, run_id: str,
 def _execute(recorder: RunRecorder, factory: sessionmaker[Session], layout: RunLayout) -> str | None:
     recorder.load_state()
     with factory() as session:
-        run = session.get(Run, recorder.run_id)
+        run = ExecutionRepository(session).run(recorder.run_id)
         assert run is not None
         attempt = run.attempt
         try:
@@ -479,16 +445,10 @@ def _execute(recorder: RunRecorder, factory: sessionmaker[Session], layout: RunL
     recorder.event(
         "run_started", f"attempt {attempt} started", data={"attempt": attempt, "worker": recorder.owner}
     )
-    results: dict[str, dict[str, Any]] = {}
     try:
-        for stage in pipeline.STAGES:
-            recorder.enter_stage(stage)
-            results[stage] = pipeline.STAGE_FUNCTIONS[stage](
-                inputs, layout, config, recorder.report, recorder.should_stop
-            )
-            if recorder.lost.is_set():
-                raise LeaseLost()
-            recorder.complete_stage(stage, results[stage])
+        results = pipeline.run_all(
+            inputs, layout, config, recorder.report, recorder.should_stop, on_stage=recorder.on_stage
+        )
     except StageCancelled:
         if recorder.lost.is_set():
             raise LeaseLost() from None
@@ -511,7 +471,7 @@ def _execute(recorder: RunRecorder, factory: sessionmaker[Session], layout: RunL
         "run succeeded",
         scores=json_safe(scores),
         progress=1.0,
-        stage_progress={s: 1.0 for s in pipeline.STAGES},
+        stage_progress={s: 1.0 for s in STAGES},
     )
     return RunStatus.succeeded if done else None
 
@@ -519,12 +479,3 @@ def _execute(recorder: RunRecorder, factory: sessionmaker[Session], layout: RunL
 def _fail(recorder: RunRecorder, code: str, message: str) -> str | None:
     done = recorder.finish(RunStatus.failed, f"run failed: {message}", error_code=code, error_message=message)
     return RunStatus.failed if done else None
-
-
-@shared_task(name=TaskName.execute_run.value, bind=True)
-def execute_run_task(self: Task, run_id: str) -> str | None:
-    """No automatic retries: a crash is recorded on the run; a dead worker's run is re-queued by
-    the sweeper when its lease expires (up to max_attempts)."""
-    settings = get_settings()
-    factory = get_session_factory(settings.sqlalchemy_url)
-    return execute_run(factory, settings, run_id, owner=worker_identity(self.request.id))

@@ -12,20 +12,19 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
-from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.base import utcnow
-from api.db.models import ACTIVE_RUN_STATUSES, Run, RunStatus
-from api.db.session import make_engine, make_session_factory
-from api.events.publish import publish_events
-from api.events.store import append_event, event_payload
-from api.jobs import TaskName
-from api.settings import Settings, get_settings
+from infra.db.base import utcnow
+from infra.db.lease import expired_leases
+from infra.db.models import Run, RunEvent
+from infra.db.session import make_engine, make_session_factory
+from infra.events.publish import commit_and_publish
+from infra.runs.lifecycle import ACTIVE, RunStatus, release_for_retry, transition, update_run
+from infra.runs.repository import ExecutionRepository
+from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,33 +41,34 @@ class SweepResult:
     resent: list[str] = field(default_factory=list)
 
 
-def _act(
+def _commit(
     factory: sessionmaker[Session],
     settings: Settings,
-    run_id: str,
-    conditions: list[Any],
-    values: dict[str, Any],
-    event: tuple[str, str, dict[str, Any]] | None,
+    change: Callable[..., RunEvent | None],
+    *args: Any,
+    **kwargs: Any,
 ) -> bool:
+    """`change(session, *args, **kwargs)` (a conditional change plus its event) in one transaction,
+    committed and published; True when it matched."""
     with factory() as session:
-        result = session.execute(
-            update(Run).where(Run.id == run_id, *conditions).values(**values),
-            execution_options={"synchronize_session": False},
-        )
-        assert isinstance(result, CursorResult)
-        if result.rowcount != 1:
+        event = change(session, *args, **kwargs)
+        if event is None:
             session.rollback()
             return False
-        payloads = []
-        if event is not None:
-            type_, message, data = event
-            level = "error" if type_ == "run_failed" else "warning"
-            payloads.append(
-                event_payload(append_event(session, run_id, type_, message, level=level, data=data))
-            )
-        session.commit()
-    publish_events(settings, payloads)
+        commit_and_publish(session, settings, [event])
     return True
+
+
+def _touch(factory: sessionmaker[Session], run_id: str, threshold: timedelta, now: datetime) -> bool:
+    """Mark an unheld run as handled now (only if nobody touched it since `threshold`), so that
+    concurrent sweepers do not both re-send its message."""
+    with factory.begin() as session:
+        return update_run(
+            session,
+            run_id,
+            [Run.lease_owner.is_(None), Run.updated_at < now - threshold],
+            {"updated_at": now},
+        )
 
 
 def sweep_runs(
@@ -76,82 +76,68 @@ def sweep_runs(
 ) -> SweepResult:
     """One pass; `send(run_id)` enqueues the run's task."""
     now = utcnow()
+    lease_ttl = timedelta(seconds=settings.lease_seconds)
     out = SweepResult()
     with factory() as session:
-        expired = session.execute(
-            select(Run.id, Run.status, Run.attempt, Run.max_attempts, Run.lease_owner).where(
-                Run.status.in_(list(ACTIVE_RUN_STATUSES)),
-                Run.lease_owner.is_not(None),
-                Run.lease_expires_at < now,
-            )
-        ).all()
-        lost_messages = session.execute(
-            select(Run.id).where(
-                Run.status.in_(list(ACTIVE_RUN_STATUSES - {RunStatus.cancelling})),
-                Run.lease_owner.is_(None),
-                Run.updated_at < now - timedelta(seconds=settings.lease_seconds),
-            )
-        ).all()
-    free = [Run.lease_owner.is_(None)]
-    for row in expired:
-        same_lease = [Run.lease_owner == row.lease_owner, Run.lease_expires_at < now]
-        lease_off = {"lease_owner": None, "lease_expires_at": None}
-        if row.status == RunStatus.cancelling:
-            if _act(
+        expired = [
+            (r.id, r.status, r.attempt, r.max_attempts, r.lease_owner)
+            for r in expired_leases(session, Run, ACTIVE)
+        ]
+        lost_messages = ExecutionRepository(session).unleased_since(
+            ACTIVE - {RunStatus.cancelling}, now - lease_ttl
+        )
+    lease_off = {"lease_owner": None, "lease_expires_at": None}
+    for run_id, status, attempt, max_attempts, owner in expired:
+        same_lease = [Run.lease_owner == owner, Run.lease_expires_at < now]
+        if status == RunStatus.cancelling:
+            if _commit(
                 factory,
                 settings,
-                row.id,
-                same_lease,
-                {**lease_off, "status": RunStatus.cancelled, "finished_at": now},
-                ("run_cancelled", "run cancelled (its worker was gone)", {}),
+                transition,
+                run_id,
+                RunStatus.cancelled,
+                sources={RunStatus.cancelling},
+                when=same_lease,
+                values={**lease_off, "finished_at": now},
+                message="run cancelled (its worker was gone)",
+                level="warning",
             ):
-                out.cancelled.append(row.id)
-        elif row.attempt >= row.max_attempts:
+                out.cancelled.append(run_id)
+        elif attempt >= max_attempts:
             message = (
-                f"the worker stopped responding on attempt {row.attempt} of {row.max_attempts} "
+                f"the worker stopped responding on attempt {attempt} of {max_attempts} "
                 "(lease expired); giving up"
             )
-            values = {
-                **lease_off,
-                "status": RunStatus.failed,
-                "finished_at": now,
-                "eta_seconds": None,
-                "error_code": "attempts_exhausted",
-                "error_message": message,
-            }
-            if _act(
+            failure = {"error_code": "attempts_exhausted", "error_message": message}
+            if _commit(
                 factory,
                 settings,
-                row.id,
-                same_lease,
-                values,
-                ("run_failed", message, {"error_code": "attempts_exhausted", "error_message": message}),
+                transition,
+                run_id,
+                RunStatus.failed,
+                sources=ACTIVE,
+                when=same_lease,
+                values={**lease_off, "finished_at": now, "eta_seconds": None, **failure},
+                message=message,
+                data=failure,
             ):
-                out.failed.append(row.id)
-        elif _act(
+                out.failed.append(run_id)
+        elif _commit(
             factory,
             settings,
-            row.id,
+            release_for_retry,
+            run_id,
             same_lease,
-            lease_off,
-            (
-                "run_requeued",
-                f"worker lost during attempt {row.attempt}; re-queued",
-                {"attempt": row.attempt, "max_attempts": row.max_attempts},
-            ),
+            attempt=attempt,
+            max_attempts=max_attempts,
         ):
-            send(row.id)
-            out.requeued.append(row.id)
-    for (run_id,) in lost_messages:
-        # Touch first (conditionally), so concurrent sweepers do not both send.
+            send(run_id)
+            out.requeued.append(run_id)
+    for run_id in lost_messages:
         with factory() as session:
-            status = session.scalar(select(Run.status).where(Run.id == run_id))
-        threshold = (
-            QUEUED_RESEND_AFTER if status == RunStatus.queued else timedelta(seconds=settings.lease_seconds)
-        )
-        if _act(
-            factory, settings, run_id, [*free, Run.updated_at < now - threshold], {"updated_at": now}, None
-        ):
+            status = ExecutionRepository(session).status(run_id)
+        threshold = QUEUED_RESEND_AFTER if status == RunStatus.queued else lease_ttl
+        if _touch(factory, run_id, threshold, now):
             send(run_id)
             out.resent.append(run_id)
     if out.requeued or out.failed or out.cancelled or out.resent:
@@ -183,26 +169,3 @@ class Sweeper:
 
     def start(self) -> None:
         self.thread.start()
-
-
-_sweeper: Sweeper | None = None
-
-
-@worker_ready.connect
-def _start_sweeper(sender: Any = None, **_: Any) -> None:
-    global _sweeper
-    if sender is None or _sweeper is not None:
-        return
-    app = sender.app
-
-    def send(run_id: str) -> None:
-        app.send_task(TaskName.execute_run.value, args=[run_id])
-
-    _sweeper = Sweeper(get_settings(), send)
-    _sweeper.start()
-
-
-@worker_shutdown.connect
-def _stop_sweeper(**_: Any) -> None:
-    if _sweeper is not None:
-        _sweeper.stop.set()

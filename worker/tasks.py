@@ -1,18 +1,34 @@
-"""Celery tasks: thin shells that load settings and a session factory and call plain functions."""
+"""The Celery tasks: one thin shell per task name of `infra.jobs.TaskName`.
+
+A shell loads the settings (and a session factory where the job has a row), names the lease owner
+and calls a plain function that tests call without Celery. Imports go one way:
+`worker.app` -> this module -> the plain functions (`worker.datasets`, `worker.runs`,
+`worker.inference`); none of those imports Celery's app or this module.
+"""
 
 from __future__ import annotations
+
+import os
+import socket
+from typing import Any
 
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
-from api.db.session import get_session_factory
-from api.jobs import TaskName
-from api.settings import get_settings
-from worker.celery_app import worker_identity
+from infra.db.session import get_session_factory
+from infra.jobs import TaskName
+from infra.settings import get_settings
 from worker.datasets import run_dataset_validation
+from worker.inference import run_chat_completion, run_spot_check
+from worker.runs import execute_run
 
 # Only these are worth retrying: the database was unreachable for a moment.
 TRANSIENT_ERRORS = (OperationalError,)
+
+
+def worker_identity(task_id: str | None) -> str:
+    """A lease owner name unique to this task execution."""
+    return f"{socket.gethostname()}:{os.getpid()}:{task_id or '-'}"
 
 
 @shared_task(
@@ -29,9 +45,21 @@ def validate_dataset(self: Task, dataset_id: str) -> str | None:
     return run_dataset_validation(factory, settings, dataset_id, owner=worker_identity(self.request.id))
 
 
-# The inference tasks live with their plain functions; importing registers them on the app.
-import worker.inference  # noqa: E402
+@shared_task(name=TaskName.execute_run.value, bind=True)
+def execute_run_task(self: Task, run_id: str) -> str | None:
+    """No automatic retries: a crash is recorded on the run; a dead worker's run is re-queued by
+    the sweeper when its lease expires (up to max_attempts)."""
+    settings = get_settings()
+    factory = get_session_factory(settings.sqlalchemy_url)
+    return execute_run(factory, settings, run_id, owner=worker_identity(self.request.id))
 
-# Runs: the task lives with its plain functions; the sweeper starts with the worker.
-import worker.runs  # noqa: E402
-import worker.sweeper  # noqa: E402, F401
+
+# Not retried: the requester is waiting now, and a retry after it gave up would decode for nobody.
+@shared_task(name=TaskName.chat_completion.value)
+def chat_completion(payload: dict[str, Any]) -> None:
+    run_chat_completion(get_settings(), payload)
+
+
+@shared_task(name=TaskName.spot_check.value)
+def spot_check(payload: dict[str, Any]) -> None:
+    run_spot_check(get_settings(), payload)

@@ -29,11 +29,11 @@ from api.auth.sessions import (
 )
 from api.datasets import service as datasets_service
 from api.datasets.schemas import DatasetDetail, DatasetRead
-from api.db.models import RunStatus
 from api.deps import SessionDep, SessionSecretDep, SettingsDep, get_session_factory
 from api.errors import AppError, Forbidden, NotFound
 from api.models import service as models_service
 from api.models.schemas import ModelRead
+from infra.runs.lifecycle import RunStatus
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"

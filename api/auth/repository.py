@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
-from api.db.models import ApiKey, User
+from infra.db.models import ApiKey, User
 
 
 class AuthRepository:

@@ -17,9 +17,9 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from api.auth.repository import AuthRepository
-from api.db.base import utcnow
-from api.db.models import ApiKey
 from api.errors import Conflict, Forbidden, NotFound, Unprocessable
+from infra.db.base import utcnow
+from infra.db.models import ApiKey
 
 KEY_PREFIX = "mbpo"
 _LAST_USED_RESOLUTION = timedelta(minutes=1)

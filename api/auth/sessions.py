@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from api.auth.repository import AuthRepository
 from api.auth.service import Principal
-from api.db.models import ApiKey
-from api.settings import Settings
+from infra.db.models import ApiKey
+from infra.settings import Settings
 
 SESSION_COOKIE = "mbpo_session"
 LOGIN_CSRF_COOKIE = "mbpo_login_csrf"

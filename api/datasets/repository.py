@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, defer
 
 from api.auth.service import Principal
-from api.db.models import Dataset
+from infra.db.models import Dataset
 
 
 class DatasetRepository:

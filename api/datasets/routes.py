@@ -12,11 +12,11 @@ from starlette.datastructures import UploadFile
 
 from api.datasets import service
 from api.datasets.schemas import DatasetDetail, DatasetFromPath, DatasetRead
-from api.db.models import Dataset
 from api.deps import JobQueueDep, PrincipalDep, SessionDep, SettingsDep
 from api.errors import Unprocessable, UnsupportedMediaType
 from api.pagination import Page, decode_cursor, encode_cursor
 from api.uploads import read_body, read_form
+from infra.db.models import Dataset
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 

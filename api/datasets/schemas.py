@@ -7,7 +7,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.db.models import DatasetStatus
+from infra.db.models import DatasetStatus
 
 
 class DatasetFromPath(BaseModel):

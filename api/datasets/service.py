@@ -20,13 +20,13 @@ from api.auth.service import Principal
 from api.datasets import storage
 from api.datasets.repository import DatasetRepository
 from api.datasets.schemas import DatasetFromPath
-from api.db.base import new_id
-from api.db.models import Dataset, DatasetStatus
 from api.errors import NotFound, Unprocessable
-from api.jobs import JobQueue, TaskName
 from api.paths import resolve_allowed_path
-from api.settings import Settings
-from mbpo_core.manifest import ManifestError, ManifestSample, iter_manifest, resolve_image_path
+from infra.db.base import new_id
+from infra.db.models import Dataset, DatasetStatus
+from infra.jobs import JobQueue, TaskName
+from infra.settings import Settings
+from mbpo_core.data.manifest import ManifestError, ManifestSample, iter_manifest, resolve_image_path
 
 
 def _manifest_location(resolved: Path) -> tuple[Path, str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.jobs import get_celery
-from api.settings import Settings
+from infra.jobs import get_celery
+from infra.settings import Settings
 
 
 def check_database(factory: sessionmaker[Session]) -> str | None:

@@ -10,9 +10,9 @@ from typing import Any
 import anyio
 
 from api.errors import AppError, BadRequest, ServiceUnavailable
-from api.inference.replies import ReplyReader
-from api.jobs import TaskName, get_celery
-from api.settings import Settings
+from infra.jobs import TaskName, get_celery
+from infra.replies import ReplyReader
+from infra.settings import Settings
 
 
 class InferenceTimeout(AppError):

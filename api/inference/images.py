@@ -30,7 +30,7 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from api.errors import BadRequest
-from api.settings import Settings
+from infra.settings import Settings
 
 ALLOWED_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
 MAX_REDIRECTS = 3

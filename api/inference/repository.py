@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth.service import Principal
-from api.db.models import BaseModelRecord, Checkpoint, Run
+from infra.db.models import BaseModelRecord, Checkpoint, Run
 
 
 class InferenceModelRepository:

@@ -1,5 +1,5 @@
 """Base-model registration: inspect the directory's config and weight headers, never load weights
-and never run remote code (mbpo_core.model_info)."""
+and never run remote code (mbpo_core.models.info)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.auth.service import Principal
-from api.db.models import BaseModelRecord
 from api.errors import NotFound, Unprocessable
 from api.inference.models import list_models as list_inference_models
 from api.models.repository import ModelRepository
 from api.models.schemas import ModelCreate
 from api.paths import resolve_allowed_path
-from api.settings import Settings
-from mbpo_core.model_info import ModelDirError, inspect_model_dir
+from infra.db.models import BaseModelRecord
+from infra.settings import Settings
+from mbpo_core.models.info import ModelDirError, inspect_model_dir
 
 
 def register_model(

@@ -1,15 +1,15 @@
-"""Every run query (events live in api.events.store)."""
+"""The web side's run queries, filtered by who asks (events: infra.events.store; status changes:
+infra.runs.lifecycle; the worker's queries: infra.runs.repository)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth.service import Principal
-from api.db.models import Artefact, Checkpoint, Run, RunMetric
+from infra.db.models import Artefact, Checkpoint, Run, RunMetric
 
 
 class RunRepository:
@@ -41,15 +41,6 @@ class RunRepository:
         if before is not None:
             stmt = stmt.where(Run.id < before)
         return self.session.scalars(stmt).all()
-
-    def update_if(self, run_id: str, conditions: Sequence[Any], values: dict[str, Any]) -> bool:
-        """A conditional UPDATE of one run; True when it matched (the state was as expected)."""
-        result = self.session.execute(
-            update(Run).where(Run.id == run_id, *conditions).values(**values),
-            execution_options={"synchronize_session": False},
-        )
-        assert isinstance(result, CursorResult)
-        return result.rowcount == 1
 
     def metrics(self, run_id: str) -> Sequence[RunMetric]:
         stmt = select(RunMetric).where(RunMetric.run_id == run_id).order_by(RunMetric.name, RunMetric.step)

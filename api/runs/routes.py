@@ -13,10 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import RunStatus
 from api.deps import JobQueueDep, PrincipalDep, SessionDep, SettingsDep, get_session_factory
 from api.errors import Unprocessable
-from api.events.stream import event_stream
 from api.pagination import Page, decode_cursor, encode_cursor
 from api.runs import service
 from api.runs.schemas import (
@@ -30,6 +28,8 @@ from api.runs.schemas import (
     RunEventRead,
     RunRead,
 )
+from api.runs.stream import event_stream
+from infra.runs.lifecycle import RunStatus
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.db.models import RunStatus
+from infra.runs.lifecycle import RunStatus
 from mbpo_core.config import MBPOConfig
 
 

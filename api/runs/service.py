@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +20,21 @@ from sqlalchemy.orm import Session
 
 from api.auth.service import Principal
 from api.datasets.repository import DatasetRepository
-from api.db.base import utcnow
-from api.db.models import ACTIVE_RUN_STATUSES, Checkpoint, Dataset, DatasetStatus, Run, RunStatus
 from api.errors import Conflict, NotFound, Unprocessable
-from api.events.publish import publish_events
-from api.events.store import append_event, event_payload, events_after
-from api.jobs import JobQueue, TaskName
 from api.models.repository import ModelRepository
 from api.runs.repository import RunRepository
 from api.runs.schemas import ArtefactRead, NegativeRead, RunCreate
-from api.settings import Settings
+from infra.db.base import utcnow
+from infra.db.models import Checkpoint, Dataset, DatasetStatus, Run
+from infra.events.publish import publish_events
+from infra.events.store import append_event, event_payload, events_after
+from infra.jobs import JobQueue, TaskName
+from infra.runs.lifecycle import ACTIVE, RESUMABLE, TERMINAL, RunStatus, transition
+from infra.settings import Settings
+from mbpo_core.data.pairs import read_pairs
+from mbpo_core.data.verifiers import CLOSED_TASKS
 
 DEFAULT_MAX_ATTEMPTS = 3
-CLOSED_TASKS = frozenset({"yes_no", "multiple_choice", "number"})
-TERMINAL = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled})
-RESUMABLE = frozenset({RunStatus.failed, RunStatus.cancelled})
 # Files of a model directory a checkpoint download may contain: weights as safetensors, configs and
 # processor/tokenizer files. Never pickles (optimizer.pt, *.bin), never anything else.
 DOWNLOADABLE_SUFFIXES = frozenset({".safetensors", ".json", ".jinja", ".txt", ".model"})
@@ -166,34 +166,36 @@ def cancel_run(
     """An active run held by a worker becomes `cancelling` (the worker stops after its current
     step); one nobody holds (still queued, or its worker died) is `cancelled` at once."""
     run = get_run(session, principal, run_id)
-    repo = RunRepository(session)
     if run.status in TERMINAL:
         raise Conflict(f"run {run_id} already finished ({run.status})", code="run_finished")
     if run.status == RunStatus.cancelling:
         return run
     now = utcnow()
-    active = [Run.status.in_(list(ACTIVE_RUN_STATUSES - {RunStatus.cancelling}))]
+    running = ACTIVE - {RunStatus.cancelling}
     unheld = or_(Run.lease_owner.is_(None), Run.lease_expires_at < now)
-    if repo.update_if(
+    event = transition(
+        session,
         run_id,
-        [*active, unheld],
-        {
-            "status": RunStatus.cancelled,
+        RunStatus.cancelled,
+        sources=running,
+        when=[unheld],
+        values={
             "cancel_requested_at": now,
             "finished_at": now,
             "lease_owner": None,
             "lease_expires_at": None,
             "eta_seconds": None,
         },
-    ):
-        event = append_event(session, run_id, "run_cancelled", "run cancelled before a worker started it")
-    elif repo.update_if(
-        run_id, active, {"status": RunStatus.cancelling, "cancel_requested_at": now, "eta_seconds": None}
-    ):
-        event = append_event(
-            session, run_id, "cancel_requested", "cancel requested; the worker stops after its current step"
-        )
-    else:  # it finished (or was cancelled) between the read and the update
+        message="run cancelled before a worker started it",
+    ) or transition(
+        session,
+        run_id,
+        RunStatus.cancelling,
+        sources=running,
+        values={"cancel_requested_at": now, "eta_seconds": None},
+        message="cancel requested; the worker stops after its current step",
+    )
+    if event is None:  # it finished (or was cancelled) between the read and the update
         session.refresh(run)
         if run.status == RunStatus.cancelling:
             return run
@@ -213,12 +215,12 @@ def resume_run(
         raise Conflict(
             f"only failed or cancelled runs can be resumed; this one is {run.status}", code="not_resumable"
         )
-    repo = RunRepository(session)
-    resumed = repo.update_if(
+    event = transition(
+        session,
         run_id,
-        [Run.status.in_(list(RESUMABLE))],
-        {
-            "status": RunStatus.queued,
+        RunStatus.queued,
+        sources=RESUMABLE,
+        values={
             "error_code": None,
             "error_message": None,
             "finished_at": None,
@@ -229,12 +231,10 @@ def resume_run(
             # A fresh budget of attempts for this resumption (attempt keeps counting).
             "max_attempts": Run.attempt + DEFAULT_MAX_ATTEMPTS,
         },
+        message=f"resumed from {run.status} at stage {run.stage or 'start'}",
     )
-    if not resumed:
+    if event is None:
         raise Conflict(f"run {run_id} changed state meanwhile; read it again", code="not_resumable")
-    event = append_event(
-        session, run_id, "run_resumed", f"resumed from {run.status} at stage {run.stage or 'start'}"
-    )
     _publish_after_commit(jobs, settings, [event])
     jobs.enqueue(TaskName.execute_run, run_id)
     session.refresh(run)
@@ -266,10 +266,6 @@ def storage_path(settings: Settings, relative: str) -> Path:
     return path
 
 
-def run_dir(settings: Settings, run_id: str) -> Path:
-    return settings.home_dir / "runs" / run_id
-
-
 def _encode_offset(offset: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode().rstrip("=")
 
@@ -286,13 +282,6 @@ def _decode_offset(cursor: str | None) -> int:
     return offset
 
 
-def _pairs(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
 def list_negatives(
     session: Session, settings: Settings, principal: Principal, run_id: str, cursor: str | None, limit: int
 ) -> tuple[list[NegativeRead], int, str | None, dict[str, Any] | None]:
@@ -304,7 +293,7 @@ def list_negatives(
     if artefact is None:
         return [], 0, None, None
     path = storage_path(settings, artefact.path)
-    pairs = list(_pairs(path)) if path.is_file() else []
+    pairs = read_pairs(path) if path.is_file() else []
     summary_artefact = repo.artefact_of_kind(run_id, "mining_summary")
     summary = None
     if summary_artefact is not None:
@@ -350,7 +339,7 @@ def checkpoint_files(
     checkpoint = RunRepository(session).checkpoint(run_id, step)
     if checkpoint is None:
         raise NotFound(f"run {run_id} has no complete checkpoint at step {step}")
-    root = run_dir(settings, run_id).resolve()
+    root = settings.run_dir(run_id).resolve()
     model_dir = (storage_path(settings, checkpoint.path) / "model").resolve()
     if not model_dir.is_relative_to(root) or not model_dir.is_dir():
         raise NotFound(f"checkpoint {step} of run {run_id} is no longer on disk")
@@ -388,7 +377,7 @@ def artefact_file(
     get_run_or_404 = repo.get_visible(artefact.run_id, principal)
     if get_run_or_404 is None:
         raise NotFound(f"artefact {artefact_id} not found")
-    root = run_dir(settings, artefact.run_id).resolve()
+    root = settings.run_dir(artefact.run_id).resolve()
     base = storage_path(settings, artefact.path)
     target = base if relative is None else (base if base.is_dir() else base.parent) / relative
     try:

@@ -1,34 +1,13 @@
-"""Model families behind one adapter interface (`base.VLMAdapter`), picked from the model's config.
+"""Vision-language models behind one adapter interface, one module per family.
 
-Each family lives in the module named after it in `mbpo_core.model_info.FAMILIES` and exposes
-`ADAPTER`; modules are imported on first use, so loading a Qwen model never imports LLaVA code.
+info.py        what a model directory holds (family, safetensors only, no remote code); light, no torch
+loader.py      `load_adapter(path)`: the directory's family adapter with model and processor loaded
+device.py      where and in which dtype a model runs ("auto" -> cuda/bf16 or cpu/float32)
+base.py        the `VLMAdapter` contract: prompts, teacher-forced log-probs, generation, `pixel_inputs`
+preprocess.py  differentiable resize / normalise / patchify from [0,1] pixels (tested equal to HF)
+processors.py  image-only processors for families whose HF processor needs torchvision for video
+qwen2_vl.py, qwen2_5_vl.py, llava.py   the families
+build.py       tiny random models of each family from configs (tests, the testbed)
+
+May import: mbpo_core.config only (every other package of the core builds on this one).
 """
-
-from __future__ import annotations
-
-import importlib
-from pathlib import Path
-
-import torch
-
-from mbpo_core.model_info import FAMILIES, inspect_model_dir
-from mbpo_core.models.base import Pixels, VLMAdapter
-
-__all__ = ["Pixels", "VLMAdapter", "adapter_class", "load_adapter"]
-
-
-def adapter_class(family: str) -> type[VLMAdapter]:
-    if family not in FAMILIES.values():
-        raise ValueError(
-            f"unknown model family {family!r}; supported: {', '.join(sorted(FAMILIES.values()))}"
-        )
-    module = importlib.import_module(f"{__name__}.{family}")
-    cls: type[VLMAdapter] = module.ADAPTER
-    return cls
-
-
-def load_adapter(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> VLMAdapter:
-    """Adapter for the local model directory `path` (validated by `inspect_model_dir`: safetensors
-    weights only, no custom code), with model and processor loaded on `device` in `dtype`."""
-    info = inspect_model_dir(path)
-    return adapter_class(info.family).load(path, device=device, dtype=dtype)

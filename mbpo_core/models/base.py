@@ -7,7 +7,7 @@ IIG, PGD and generation therefore share one preprocessing path.
 A family subclass supplies only what differs between families: its HF model and processor
 classes, `pixel_inputs`, and `num_image_tokens`. Prompting, tokenisation, teacher-forced
 log-probs and generation are shared here. Adding a family = adding one module in this package,
-named after the family in `mbpo_core.model_info.FAMILIES`, that defines `ADAPTER`.
+named after the family in `mbpo_core.models.info.FAMILIES`, that defines `ADAPTER`.
 """
 
 from __future__ import annotations

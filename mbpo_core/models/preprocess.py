@@ -1,4 +1,4 @@
-"""Differentiable re-implementations of the Hugging Face image processors (DESIGN 2.2).
+"""Differentiable re-implementations of the Hugging Face image processors (docs/method.md §2).
 
 Every function maps float tensors to float tensors with autograd intact, so PGD can perturb the
 image in [0,1] pixel space *before* the model's own resize / normalise / patchify. The parity tests

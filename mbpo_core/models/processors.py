@@ -1,9 +1,10 @@
 """Image-only Qwen processors.
 
 The stock Qwen2-VL / Qwen2.5-VL processors also require a video processor, and the only video
-processor needs torchvision, which this project must not install (DESIGN section 6). These
-subclasses drop the video argument from `__init__` (ProcessorMixin discovers its sub-processors from
-that signature), so they construct, save and load with the PIL image processor alone. Everything
+processor needs torchvision, which this project does not install (the only wheel on its CPU
+machines is a CUDA build that breaks beside the CPU torch; see the Makefile). These subclasses
+drop the video argument from `__init__` (ProcessorMixin discovers its sub-processors from that
+signature), so they construct, save and load with the PIL image processor alone. Everything
 else, including the token expansion of `<|image_pad|>`, is the real Hugging Face code.
 """
 

@@ -29,10 +29,10 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from mbpo_core.evaluation import SplitEvaluation, evaluate_manifest
-from mbpo_core.manifest import read_manifest
-from mbpo_core.models import load_adapter
+from mbpo_core.data.manifest import read_manifest
+from mbpo_core.evaluation.evaluate import SplitEvaluation, evaluate_manifest
 from mbpo_core.models.build import build_processor
+from mbpo_core.models.loader import load_adapter
 from mbpo_core.testbed.questions import vocabulary
 from mbpo_core.testbed.splits import POPE_SPLITS, SPLITS, SplitSizes, build_splits
 from mbpo_core.testbed.train_base import (

@@ -1,8 +1,8 @@
 """Question templates and their ground-truth answers, computed from a scene's objects.
 
-Three task types (DESIGN 4): existence (`yes_no`), colour of a shape (`multiple_choice`, lettered
-options) and count of a shape (`number`). Answers are the short forms the base model is trained
-to produce: "yes"/"no", a letter, a digit.
+Three task types (the manifest's `task`, docs/api.md): existence (`yes_no`), colour of a shape
+(`multiple_choice`, lettered options) and count of a shape (`number`). Answers are the short forms
+the base model is trained to produce: "yes"/"no", a letter, a digit.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from mbpo_core.data.verifiers import choice_letter
 from mbpo_core.testbed.scenes import COLOURS, SHAPES, ObjectKind, Scene
-from mbpo_core.verifiers import choice_letter
 
 N_COLOUR_OPTIONS = 4
 

@@ -32,7 +32,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from mbpo_core.manifest import ManifestSample, read_manifest
+from mbpo_core.data.manifest import ManifestSample, read_manifest
 from mbpo_core.models.base import VLMAdapter
 from mbpo_core.models.build import build_model
 from mbpo_core.models.qwen2_vl import Qwen2VLAdapter

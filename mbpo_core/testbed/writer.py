@@ -1,4 +1,4 @@
-"""Write a split to disk: PNG images beside a JSONL manifest in the DESIGN section 4 format.
+"""Write a split to disk: PNG images beside a JSONL manifest in the manifest format of docs/api.md.
 
 Each line carries the standard fields plus `objects` (the kinds drawn in the image), `layout`
 (where: centre and radius in pixels; the base model's auxiliary presence head learns from it) and

@@ -1,4 +1,4 @@
-"""Hybrid offline/online GRPO training (DESIGN 2.4-2.5) on top of TRL's GRPOTrainer.
+"""Hybrid offline/online GRPO training (docs/method.md §4-5) on top of TRL's GRPOTrainer.
 
 advantages.py / losses.py  the math, pure tensor functions
 data.py                    online manifest + mined pairs -> the mixed prompt dataset and sampler

@@ -1,4 +1,4 @@
-"""Group rewards and advantages of hybrid GRPO (DESIGN 2.5), as pure tensor functions.
+"""Group rewards and advantages of hybrid GRPO (docs/method.md §5), as pure tensor functions.
 
 A batch of N = n_groups * G answers is laid out group by group: rows [g*G, (g+1)*G) answer the same
 prompt. In an offline group (a mined pair) the first two rows are the chosen and the rejected answer,

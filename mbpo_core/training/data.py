@@ -3,7 +3,7 @@
 Each row is one prompt in the shape TRL's GRPOTrainer reads (a conversational `prompt`, the clean
 `image`) plus the columns the reward functions read (`task`, `answer`, `choices`) and the mined
 answers of offline rows (`mined_chosen`, `mined_rejected`). Offline rows are trained on the **clean**
-image (DESIGN 2.5): the perturbed image only served to find the rejected answer.
+image (docs/method.md §5): the perturbed image only served to find the rejected answer.
 
 `MixedGroupSampler` replaces TRL's RepeatSampler so the share of offline groups is exact in every
 step rather than on average, and so the data order is a pure function of (seed, step): a resumed
@@ -12,7 +12,6 @@ run sees the same prompts as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -25,8 +24,9 @@ from datasets import Dataset
 from datasets import Image as DatasetImage
 from torch.utils.data import Sampler
 
-from mbpo_core.manifest import read_manifest, resolve_image_path
-from mbpo_core.verifiers import parse_answer
+from mbpo_core.data.manifest import read_manifest, resolve_image_path
+from mbpo_core.data.pairs import iter_pairs
+from mbpo_core.data.verifiers import parse_answer
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,7 @@ def load_offline_rows(pairs: str | Path) -> tuple[list[PromptRow], dict[str, int
     path = Path(pairs)
     rows: list[PromptRow] = []
     skipped: Counter[str] = Counter()
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        pair = json.loads(line)
+    for number, pair in iter_pairs(path):
         task = pair["task"]
         choices = tuple(pair.get("choices") or ())
         if task == "open":

@@ -19,7 +19,8 @@ from accelerate import PartialState
 from transformers import PrinterCallback
 
 from mbpo_core.config import MBPOConfig
-from mbpo_core.models import load_adapter
+from mbpo_core.models.device import resolve_device, resolve_dtype
+from mbpo_core.models.loader import load_adapter
 from mbpo_core.training import checkpoint
 from mbpo_core.training.arguments import grpo_config, peft_config
 from mbpo_core.training.data import build_prompt_dataset, load_prompts, offline_groups_per_step
@@ -40,18 +41,6 @@ class TrainResult:
     cancelled: bool
     skipped_pairs: dict[str, int] = field(default_factory=dict)
     log_history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
 def freeze_vision_tower(model: torch.nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""Hybrid offline/online GRPO (DESIGN 2.5) as a subclass of TRL's `GRPOTrainer`.
+"""Hybrid offline/online GRPO (docs/method.md §5) as a subclass of TRL's `GRPOTrainer`.
 
 TRL does the work: sampling, the clean-image forward passes, reference log-probs, the clipped loss,
 distributed training. This subclass changes four things, in the order a step runs:
@@ -27,7 +27,6 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from mbpo_core.rewards import TRL_REWARD_FUNCS, TRL_REWARD_MAXIMA
 from mbpo_core.training import checkpoint
 from mbpo_core.training.advantages import (
     AnswerRole,
@@ -45,6 +44,7 @@ from mbpo_core.training.losses import (
     k3_kl,
     shaped_offline_loss,
 )
+from mbpo_core.training.rewards import TRL_REWARD_FUNCS, TRL_REWARD_MAXIMA
 
 OfflineRatio = Literal["on_policy", "luffy"]
 

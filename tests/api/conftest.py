@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.auth.service import create_api_key
-from api.db.session import make_engine
 from api.deps import get_session_factory
-from api.settings import Settings
+from infra.db.session import make_engine
+from infra.settings import Settings
 from tests.helpers import services
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.admin.routes import _safe_next
 from api.auth.service import authenticate, revoke_api_key
 from api.auth.sessions import issue_session, read_session
-from api.db.models import Dataset
+from infra.db.models import Dataset
 from tests.api.conftest import KeyFor
 from tests.helpers import datasets as ds
 

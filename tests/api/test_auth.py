@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import ApiKey
+from infra.db.models import ApiKey
 from tests.api.conftest import KeyFor
 
 
@@ -70,7 +70,7 @@ def test_keys_are_stored_as_sha256_only(session_factory: sessionmaker[Session], 
 def test_revoked_key_is_refused(
     client: TestClient, alice: KeyFor, session_factory: sessionmaker[Session]
 ) -> None:
-    from api.db.base import utcnow
+    from infra.db.base import utcnow
 
     with session_factory.begin() as session:
         session.scalars(select(ApiKey)).one().revoked_at = utcnow()
@@ -88,7 +88,7 @@ def test_revocation_takes_effect_within_the_auth_cache_ttl(
     import time
 
     from api.auth.cache import AuthCache
-    from api.db.base import utcnow
+    from infra.db.base import utcnow
 
     app.state.auth_cache = AuthCache(ttl=0.5)
     assert client.get("/v1/datasets", headers=alice.headers).status_code == 200

@@ -18,10 +18,10 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth.service import create_api_key
-from api.db.models import BaseModelRecord, Checkpoint, Run
-from api.db.session import make_engine, make_session_factory
-from mbpo_core.models import load_adapter
-from mbpo_core.serving import pixels_from_bytes
+from infra.db.models import BaseModelRecord, Checkpoint, Run
+from infra.db.session import make_engine, make_session_factory
+from mbpo_core.models.loader import load_adapter
+from mbpo_core.serving.engine import pixels_from_bytes
 from tests.helpers import services
 from tests.helpers.inference import TinyModels, build_tiny_models, data_url, png_bytes
 

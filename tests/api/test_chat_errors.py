@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
-from api.db.models import BaseModelRecord
 from api.deps import get_session_factory
 from api.errors import AppError
 from api.inference.images import load_image_url
-from api.settings import Settings
+from infra.db.models import BaseModelRecord
+from infra.settings import Settings
 from tests.api.conftest import KeyFor
 from tests.helpers.inference import data_url, png_bytes
 
@@ -230,8 +230,8 @@ def test_resolved_names_are_reused_for_a_few_seconds_only(
     """The chat endpoint reuses a resolution for RESOLVE_CACHE_SECONDS (no database round trip),
     per principal: another user's request is still checked, and a failure is never reused."""
     from api.auth.service import Principal
-    from api.chat.service import resolve
     from api.errors import NotFound
+    from api.inference.chat.service import resolve
     from api.inference.models import ResolvedModels
 
     lookups = 0

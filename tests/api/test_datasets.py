@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.settings import Settings
+from infra.settings import Settings
 from tests.api.conftest import KeyFor
 from tests.helpers import datasets as ds
 from tests.helpers import services

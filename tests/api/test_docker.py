@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from api.settings import Settings
+from infra.settings import Settings
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 MBPO_SERVICES = ("migrate", "api", "worker-cpu", "worker")

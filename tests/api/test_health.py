@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.settings import Settings
+from infra.settings import Settings
 
 
 def test_ready_with_postgres_and_redis(client: TestClient) -> None:

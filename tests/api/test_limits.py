@@ -14,8 +14,8 @@ import uvicorn
 
 from api.app import create_app
 from api.auth.service import create_api_key
-from api.db.session import make_engine, make_session_factory
-from api.settings import Settings
+from infra.db.session import make_engine, make_session_factory
+from infra.settings import Settings
 from tests.helpers import services
 
 

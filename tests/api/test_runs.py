@@ -18,11 +18,12 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.base import utcnow
-from api.db.models import Artefact, BaseModelRecord, Checkpoint, Dataset, Run, RunStatus
-from api.events.store import append_event
-from api.events.stream import event_stream, get_hub
-from api.settings import Settings
+from api.runs.stream import event_stream, get_hub
+from infra.db.base import utcnow
+from infra.db.models import Artefact, BaseModelRecord, Checkpoint, Dataset, Run
+from infra.events.store import append_event
+from infra.runs.lifecycle import RunStatus
+from infra.settings import Settings
 from tests.api.conftest import KeyFor
 from tests.helpers import services
 

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.models import SpotCheckRecord
+from infra.db.models import SpotCheckRecord
 from tests.api.conftest import KeyFor
 from tests.helpers.inference import data_url, png_bytes
 

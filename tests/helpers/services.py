@@ -61,7 +61,7 @@ def fresh_database() -> Iterator[str]:
     """A new PostgreSQL database with the real migrations applied; dropped afterwards."""
     import psycopg
 
-    from api.db.migrate import upgrade_to_head
+    from infra.db.migrate import upgrade_to_head
 
     require_postgres()
     name = f"mbpo_test_{uuid.uuid4().hex[:12]}"
@@ -73,7 +73,7 @@ def fresh_database() -> Iterator[str]:
         upgrade_to_head(sa_url)
         yield sa_url
     finally:
-        from api.db.session import get_engine
+        from infra.db.session import get_engine
 
         get_engine.cache_clear()
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:

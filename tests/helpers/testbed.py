@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 QUICK_TESTBED_SEED = 0
 # Everything that decides the quick testbed's files: scenes, splits, training, and the model code.
-_SOURCES = ("mbpo_core/testbed", "mbpo_core/models", "mbpo_core/verifiers.py", "mbpo_core/manifest.py")
+_SOURCES = ("mbpo_core/testbed", "mbpo_core/models", "mbpo_core/data")
 
 
 def testbed_source_hash(seed: int) -> str:

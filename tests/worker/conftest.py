@@ -1,5 +1,5 @@
-"""Worker test fixtures: a migrated PostgreSQL database whose data is committed (a worker process
-reads it), a per-module Redis key prefix, and a real `mbpo worker` subprocess."""
+"""Worker test fixtures: settings over the committed database (tests/conftest.py) that a worker
+process reads, a per-module Redis key prefix, and a real `mbpo worker` subprocess."""
 
 from __future__ import annotations
 
@@ -7,24 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session, sessionmaker
 
-from api.db.session import make_engine, make_session_factory
-from api.settings import Settings
+from infra.settings import Settings
 from tests.helpers import services
-
-
-@pytest.fixture(scope="module")
-def committed_db() -> Iterator[str]:
-    with services.fresh_database() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def pg_factory(committed_db: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(committed_db)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api.jobs import TASK_ROUTES, Queue, TaskName, celery_config
-from api.settings import Settings
-from worker.celery_app import create_worker_app
+from infra.jobs import TASK_ROUTES, Queue, TaskName, celery_config
+from infra.settings import Settings
+from worker.app import create_worker_app
 
 
 def test_config_is_json_only_late_ack_prefetch_one() -> None:
@@ -37,7 +37,7 @@ def test_embedded_broker_lives_in_home() -> None:
 def test_embedded_broker_options_are_accepted_by_the_transport(tmp_path: Path) -> None:
     """kombu's SQLAlchemy transport passes transport options to create_engine(): a worker option
     there (such as polling_interval) crashes the embedded worker at start. Connect for real."""
-    from api.jobs import EMBEDDED_POLLING_INTERVAL, create_celery
+    from infra.jobs import EMBEDDED_POLLING_INTERVAL, create_celery
 
     app = create_celery(Settings(home=tmp_path, database_url=None, broker_url=None))
     with app.connection_for_read() as conn:

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-from api.inference.replies import ReplyReader
-from api.settings import Settings
-from mbpo_core import serving
-from mbpo_core.models import load_adapter
-from mbpo_core.serving import ChatRequest, ModelCache, ModelSource, SamplingParams
+from infra.replies import ReplyReader
+from infra.settings import Settings
+from mbpo_core.models.loader import load_adapter
+from mbpo_core.serving import engine as serving
+from mbpo_core.serving.engine import ChatRequest, ModelCache, ModelSource, SamplingParams
 from tests.helpers.inference import TinyModels, build_tiny_models, png_bytes
 from worker.inference import run_chat_completion, run_spot_check
 
@@ -156,7 +156,7 @@ def test_spot_check_answers_with_and_without_the_image(tiny: TinyModels) -> None
     result = serving.spot_check(adapter, image, QUESTION, max_tokens=4)
     expected = adapter.generate(image.unsqueeze(0), [QUESTION], max_new_tokens=4)[0]
     assert result.answer == expected
-    from mbpo_core.iig import compute_iig
+    from mbpo_core.scoring.iig import compute_iig
 
     iig = compute_iig(adapter, image.unsqueeze(0), [QUESTION], [result.answer])
     assert result.answer_iig == pytest.approx(float(iig[0]), abs=1e-5)

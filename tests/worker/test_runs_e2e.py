@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth.service import create_api_key
-from api.jobs import TaskName, get_celery
-from api.settings import Settings
-from mbpo_core.pipeline import STAGES
+from infra.jobs import TaskName, get_celery
+from infra.settings import Settings
+from mbpo_core.pipeline.stages import STAGES
 from tests.helpers import runs as rh
 from tests.helpers import services
 
@@ -221,10 +221,10 @@ def test_metrics_checkpoints_and_negatives(full_run: dict[str, Any], client: htt
 def test_downloaded_checkpoint_loads_and_answers(
     full_run: dict[str, Any], client: httpx.Client, tmp_path: Path, stack: rh.Stack
 ) -> None:
-    from mbpo_core.evaluation import load_pixels
-    from mbpo_core.manifest import read_manifest
-    from mbpo_core.models import load_adapter
-    from mbpo_core.verifiers import parse_answer
+    from mbpo_core.data.manifest import read_manifest
+    from mbpo_core.data.verifiers import parse_answer
+    from mbpo_core.evaluation.evaluate import load_pixels
+    from mbpo_core.models.loader import load_adapter
 
     response = client.get(f"/v1/runs/{full_run['run']['id']}/checkpoints/3/download")
     assert response.status_code == 200

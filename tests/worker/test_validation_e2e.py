@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.auth.service import create_api_key
-from api.jobs import TaskName, get_celery
-from api.settings import Settings
+from infra.jobs import TaskName, get_celery
+from infra.settings import Settings
 from tests.helpers import datasets as ds
 from tests.helpers import services
 

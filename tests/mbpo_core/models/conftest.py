@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from mbpo_core.models import VLMAdapter, load_adapter
+from mbpo_core.models.base import VLMAdapter
 from mbpo_core.models.build import build_model, build_processor
+from mbpo_core.models.loader import load_adapter
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "llava"]
 WORDS = [

@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mbpo_core.model_info import ModelDirError
-from mbpo_core.models import VLMAdapter, adapter_class, load_adapter
+from mbpo_core.models.base import VLMAdapter
+from mbpo_core.models.info import ModelDirError
+from mbpo_core.models.loader import adapter_class, load_adapter
 from tests.mbpo_core.models.conftest import FAMILIES, random_uint8, to_pixels
 
 QUESTIONS = ["is there a red circle ?", "how many squares are in the image ?", "what color is the triangle ?"]

@@ -1,4 +1,4 @@
-"""The differentiable preprocessing equals the Hugging Face processor (DESIGN 2.2)."""
+"""The differentiable preprocessing equals the Hugging Face processor (docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mbpo_core.models import VLMAdapter
+from mbpo_core.models.base import VLMAdapter
 from tests.mbpo_core.models.conftest import FAMILIES, random_uint8, to_pixels
 
 PARITY_TOL = 1e-5

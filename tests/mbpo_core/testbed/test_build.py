@@ -15,10 +15,10 @@ import typer
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from mbpo_core.cli import testbed as testbed_cli
-from mbpo_core.evaluation import evaluate_manifest
-from mbpo_core.manifest import read_manifest
-from mbpo_core.models import load_adapter
+from mbpo_cli import testbed as testbed_cli
+from mbpo_core.data.manifest import read_manifest
+from mbpo_core.evaluation.evaluate import evaluate_manifest
+from mbpo_core.models.loader import load_adapter
 from mbpo_core.testbed.build import manifest_path
 from mbpo_core.testbed.splits import SPLITS
 

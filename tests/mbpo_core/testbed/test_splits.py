@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mbpo_core.manifest import read_manifest
+from mbpo_core.data.manifest import read_manifest
+from mbpo_core.data.verifiers import is_correct
 from mbpo_core.testbed.scenes import render_scene
 from mbpo_core.testbed.splits import (
     POPE_SPLITS,
@@ -21,7 +22,6 @@ from mbpo_core.testbed.splits import (
 )
 from mbpo_core.testbed.world import WorldSpec
 from mbpo_core.testbed.writer import write_split
-from mbpo_core.verifiers import is_correct
 from tests.mbpo_core.testbed.pixels import detect_objects
 
 WORLD = WorldSpec()

@@ -15,7 +15,7 @@ from PIL import Image
 
 from mbpo_core.config import LoraConfig, MBPOConfig, TrainConfig
 from mbpo_core.models.build import build_model, build_processor
-from mbpo_core.rewards import completion_text
+from mbpo_core.training.rewards import completion_text
 
 WORDS = ["is", "there", "a", "red", "blue", "circle", "square", "yes", "no", "what", "colour", "the"]
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}

@@ -1,4 +1,4 @@
-"""Group advantages and reward pinning against their naive formulas (DESIGN 2.5)."""
+"""Group advantages and reward pinning against their naive formulas (docs/method.md §5)."""
 
 from __future__ import annotations
 

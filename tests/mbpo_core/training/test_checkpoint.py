@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from mbpo_core.models import load_adapter
+from mbpo_core.models.loader import load_adapter
 from mbpo_core.training import checkpoint
 from mbpo_core.training.arguments import peft_config
 from mbpo_core.training.session import train_policy

@@ -13,10 +13,10 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
-from mbpo_core.models import load_adapter
-from mbpo_core.rewards import TRL_REWARD_FUNCS, TRL_REWARD_MAXIMA
+from mbpo_core.models.loader import load_adapter
 from mbpo_core.training.arguments import grpo_config, peft_config
 from mbpo_core.training.data import build_prompt_dataset, load_prompts
+from mbpo_core.training.rewards import TRL_REWARD_FUNCS, TRL_REWARD_MAXIMA
 from mbpo_core.training.trainer import HybridGRPOTrainer
 
 from .conftest import length_reward, tiny_config

@@ -1,0 +1,165 @@
+"""The job contract between the API and the workers: task names, queues, one routing table, the
+Celery configuration, and the after-commit job queue of a request.
+
+Both sides import this module (it has no fastapi import); the worker registers implementations
+under these names, the API only sends by name, so it never imports worker code (or torch).
+Messages carry ids only: the database row is the job's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange
+from kombu import Queue as KombuQueue
+
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Queue(StrEnum):
+    """Queues by workload: a machine's workers consume the ones its hardware suits."""
+
+    cpu = "cpu"  # validation, thumbnails, bookkeeping
+    gpu = "gpu"  # scoring, mining, training, evaluation (a whole run)
+    inference = "inference"  # chat completions against registered / aligned models
+
+
+class TaskName(StrEnum):
+    validate_dataset = "mbpo.datasets.validate"
+    execute_run = "mbpo.runs.execute"
+    chat_completion = "mbpo.inference.chat"
+    spot_check = "mbpo.inference.spot_check"
+
+
+# The one routing table. A task not listed here is a bug, not a default-queue surprise.
+TASK_ROUTES: dict[TaskName, Queue] = {
+    TaskName.validate_dataset: Queue.cpu,
+    TaskName.execute_run: Queue.gpu,
+    TaskName.chat_completion: Queue.inference,
+    TaskName.spot_check: Queue.inference,
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport_options: dict[str, Any] = {}
+    if settings.broker_key_prefix:
+        transport_options["global_keyprefix"] = settings.broker_key_prefix
+    if not settings.embedded:
+        # Must exceed the longest job: after it an unacked message is redelivered (then the lease
+        # makes the duplicate a no-op). Runs take hours.
+        transport_options["visibility_timeout"] = 12 * 3600
+    return {
+        "broker_url": settings.celery_broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,  # results live in the database rows
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_queues": [
+            KombuQueue(q.value, Exchange(q.value, type="direct"), routing_key=q.value) for q in Queue
+        ],
+        "task_default_queue": Queue.cpu.value,
+        "task_routes": {name.value: {"queue": queue.value} for name, queue in TASK_ROUTES.items()},
+        "task_create_missing_queues": False,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+    }
+
+
+# The embedded broker is polled (kombu's default: every second); a chat request waits on it.
+EMBEDDED_POLLING_INTERVAL = 0.05
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("mbpo")
+    app.conf.update(celery_config(settings))
+    if settings.celery_broker_url.startswith("sqla+"):
+        # Not through broker_transport_options: kombu's SQLAlchemy transport hands every transport
+        # option to create_engine(), which rejects `polling_interval` and kills the worker.
+        from kombu.transport import sqlalchemy as kombu_sqla
+
+        kombu_sqla.Transport.polling_interval = EMBEDDED_POLLING_INTERVAL
+    return app
+
+
+_clients: dict[str, Celery] = {}
+_clients_lock = threading.Lock()
+
+
+def get_celery(settings: Settings) -> Celery:
+    """The process's Celery client for `settings` (built on first use, then reused)."""
+    key = f"{settings.celery_broker_url}|{settings.broker_key_prefix}"
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = create_celery(settings)
+        return _clients[key]
+
+
+@dataclass(frozen=True)
+class Job:
+    name: TaskName
+    args: tuple[str, ...]
+
+
+@dataclass
+class JobQueue:
+    """Jobs a request wants to start; sent only after its transaction committed.
+
+    Sending before the commit would let a fast worker look for a row that does not exist yet (or
+    never will, if the commit fails)."""
+
+    jobs: list[Job] = field(default_factory=list)
+    rollback_hooks: list[Callable[[], None]] = field(default_factory=list)
+    commit_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def pending(self) -> bool:
+        """Whether anything waits for the commit (jobs to send or hooks to run)."""
+        return bool(self.jobs or self.commit_hooks)
+
+    def enqueue(self, name: TaskName, *ids: str) -> None:
+        self.jobs.append(Job(name, ids))
+
+    def on_rollback(self, hook: Callable[[], None]) -> None:
+        """Undo a side effect outside the database (files written) if the transaction fails."""
+        self.rollback_hooks.append(hook)
+
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        """Run `hook` once the transaction committed (e.g. publish the run events it wrote)."""
+        self.commit_hooks.append(hook)
+
+    def discard(self) -> None:
+        """The transaction failed: drop the jobs and undo the side effects."""
+        self.jobs.clear()
+        self.commit_hooks.clear()
+        hooks, self.rollback_hooks = self.rollback_hooks, []
+        for hook in reversed(hooks):
+            try:
+                hook()
+            except Exception:
+                log.exception("rollback hook failed")
+
+    def send(self, celery: Celery) -> None:
+        self.rollback_hooks.clear()
+        jobs, self.jobs = self.jobs, []
+        for job in jobs:
+            celery.send_task(job.name.value, args=list(job.args))
+            log.info("enqueued %s%s", job.name.value, list(job.args))
+        hooks, self.commit_hooks = self.commit_hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("after-commit hook failed")

@@ -1,0 +1,173 @@
+"""`mbpo serve` (the service with a local worker) and `mbpo api` (the web app alone).
+
+Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mbpo_cli.keys import create_key
+
+DEV_ADMIN_USER = "admin"
+DEV_KEY_FILE = "admin_key"
+
+
+def _dev_admin_key(home: Path) -> tuple[str, bool]:
+    """The development admin key kept in MBPO_HOME, created on first start. (key, created)."""
+    from api.auth.service import authenticate
+    from infra.db.session import get_session_factory
+    from infra.settings import get_settings
+
+    path = home / DEV_KEY_FILE
+    if path.is_file():
+        key = path.read_text().strip()
+        with get_session_factory(get_settings().sqlalchemy_url).begin() as session:
+            if authenticate(session, key) is not None:
+                return key, False
+    key = create_key(DEV_ADMIN_USER, "development admin key", True)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key, True
+
+
+def _start_worker() -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "mbpo_cli.main",
+        "worker",
+        "--queues",
+        "cpu,gpu,inference",
+        "--concurrency",
+        "1",
+    ]
+    return subprocess.Popen(cmd, env=os.environ.copy())
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class LocalWorker:
+    """The one worker `mbpo serve` runs, restarted if it dies (a crash must not silently leave
+    every job queued forever); stopped with the server."""
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+        self._proc = _start_worker()
+        self._watcher = threading.Thread(target=self._watch, name="local-worker-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            code = self._proc.wait()
+            if self._stopping.is_set():
+                return
+            typer.echo(f"local worker exited with {code}; restarting in {delay:.0f}s", err=True)
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, 60.0)
+            self._proc = _start_worker()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        _stop(self._proc)
+        self._watcher.join(timeout=5)
+
+
+def _register_demo(testbed: Path, host: str, port: int) -> None:
+    from api.demo import register_demo
+    from infra.db.session import get_session_factory
+    from infra.settings import get_settings
+
+    settings = get_settings()
+    with get_session_factory(settings.sqlalchemy_url)() as session:
+        demo = register_demo(session, settings, DEV_ADMIN_USER, testbed)
+    key_file = settings.home_dir / DEV_KEY_FILE
+    typer.echo(
+        f"Demo: testbed model {demo.model_id} and {len(demo.dataset_ids)} datasets registered. "
+        "Launch a run:\n\n"
+        f'    curl -s -X POST http://{host}:{port}/v1/runs -H "Authorization: Bearer $(cat {key_file})" '
+        f"-H 'Content-Type: application/json' -d @{demo.run_file}\n"
+    )
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    worker: Annotated[bool, typer.Option(help="Also start one local worker for all queues.")] = True,
+    demo: Annotated[
+        Path | None,
+        typer.Option(help="A built testbed to register for the development admin (`make run` passes it)."),
+    ] = None,
+) -> None:
+    """Run the service: migrate, print the admin key, start a local worker and the API.
+
+    Without DATABASE_URL and BROKER_URL everything lives in MBPO_HOME (SQLite database, SQLite
+    broker): no servers needed. With them set, the same code uses PostgreSQL and Redis."""
+    import uvicorn
+
+    from api.app import create_app
+    from infra.db.migrate import upgrade_to_head
+    from infra.settings import get_settings
+
+    settings = get_settings()
+    home = settings.home_dir
+    home.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.sqlalchemy_url)
+    mode = "embedded (SQLite + local broker)" if settings.embedded else "PostgreSQL + broker"
+    typer.echo(f"MBPO service: {mode}; data in {home}")
+    if settings.env != "production":
+        key, created = _dev_admin_key(home)
+        state = "created" if created else "kept"
+        typer.echo(f"Development admin key ({state} in {home / DEV_KEY_FILE}):\n\n    {key}\n")
+        if demo is not None:
+            _register_demo(demo, host, port)
+    typer.echo(f"API: http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)", err=False)
+    local_worker = LocalWorker() if worker else None
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    finally:
+        if local_worker is not None:
+            local_worker.stop()
+
+
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Run only the API (production: migrations and workers are separate processes)."""
+    import uvicorn
+
+    from infra.settings import get_settings
+
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        log_level=get_settings().log_level.lower(),
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("api")(api)

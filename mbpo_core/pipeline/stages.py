@@ -1,0 +1,580 @@
+"""The stages of an MBPO run, shared by the service's worker and `mbpo run`:
+
+    validate -> score -> mine -> train -> evaluate
+
+Each stage is a function of explicit inputs (`RunInputs`: model and manifests), the run directory
+(`RunLayout`) and the `MBPOConfig`, reporting `StageProgress` to a callback and polling a
+`should_stop` function. Every stage is idempotent and resumable from what an earlier attempt left
+in the run directory:
+
+- a finished stage writes `stages/<stage>.json` (atomically); calling it again returns that result;
+- `score` caches IIG per sample in `mining/iig.jsonl` (which `mine` then reuses);
+- `mine` skips the ids already in `mining/records.jsonl`;
+- `train` continues from the newest complete checkpoint in `training/checkpoints/`;
+- `evaluate` caches each (model, split) result under `eval/`, so the base model is scored once.
+
+A stop request raises `StageCancelled` at a safe point (after a mining batch, after a training
+step with a checkpoint saved, after an evaluation batch); nothing already written is lost.
+The stages wrap the core functions (`mining.mine`, `training.session.train_policy`,
+`evaluation.evaluate_manifest`), they do not re-implement them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mbpo_core.config import MBPOConfig
+from mbpo_core.data.manifest import ManifestError, read_manifest
+from mbpo_core.data.verifiers import CLOSED_TASKS
+from mbpo_core.evaluation.compare import metric_deltas
+from mbpo_core.models.info import ModelDirError, inspect_model_dir
+
+STAGES = ("validating", "scoring", "mining", "training", "evaluating")
+BASE, ALIGNED = "base", "aligned"
+
+
+class StageCancelled(Exception):
+    """A stop was requested; the stage stopped at a safe point and a re-run continues from there."""
+
+
+class PipelineError(Exception):
+    """The run cannot proceed with these inputs; `code` is stable, the message says what to fix."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    """Where a stage stands: `done` of `total` units (samples, steps). `phase` names a sub-step
+    (scan, iig, attack, base:<split>, aligned:<split>); training sets `step` and `metrics`."""
+
+    stage: str
+    done: int
+    total: int
+    phase: str = ""
+    eta_s: float | None = None
+    step: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        return min(self.done / self.total, 1.0) if self.total > 0 else 0.0
+
+
+Reporter = Callable[[StageProgress], None]
+ShouldStop = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run reads: the base model directory and manifests (eval splits by name)."""
+
+    model_dir: Path
+    offline_manifest: Path | None = None
+    online_manifest: Path | None = None
+    eval_manifests: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The run directory: everything a run writes lives below `root`."""
+
+    root: Path
+
+    @property
+    def mining_dir(self) -> Path:
+        return self.root / "mining"
+
+    @property
+    def pairs_file(self) -> Path:
+        return self.mining_dir / "pairs.jsonl"
+
+    @property
+    def training_dir(self) -> Path:
+        return self.root / "training"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        from mbpo_core.training.session import CHECKPOINTS_SUBDIR
+
+        return self.training_dir / CHECKPOINTS_SUBDIR
+
+    @property
+    def final_model_dir(self) -> Path:
+        from mbpo_core.training.session import FINAL_MODEL_SUBDIR
+
+        return self.training_dir / FINAL_MODEL_SUBDIR
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def stage_file(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.json"
+
+
+# ---- shared helpers ----------------------------------------------------------------------------
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def finished_result(layout: RunLayout, stage: str) -> dict[str, Any] | None:
+    """The stored result of a finished stage, or None."""
+    path = layout.stage_file(stage)
+    if not path.is_file():
+        return None
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result
+
+
+class _Progress:
+    """Turns (done, total) updates into `StageProgress` with an ETA at the pace so far, and raises
+    `StageCancelled` when a stop was requested (called at the core's safe points)."""
+
+    def __init__(self, stage: str, report: Reporter | None, should_stop: ShouldStop | None):
+        self.stage = stage
+        self.report = report
+        self.should_stop = should_stop
+        self.start = time.monotonic()
+        self.first_done: int | None = None
+
+    def __call__(self, done: int, total: int, phase: str = "") -> None:
+        if self.report is not None:
+            self.report(StageProgress(self.stage, done, total, phase, eta_s=self._eta(done, total)))
+        self.check_stop()
+
+    def _eta(self, done: int, total: int) -> float | None:
+        if self.first_done is None:
+            self.first_done, self.start = done, time.monotonic()
+            return None
+        rate_done = done - self.first_done
+        if rate_done <= 0 or total <= 0:
+            return None
+        return (time.monotonic() - self.start) / rate_done * max(total - done, 0)
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise StageCancelled(self.stage)
+
+
+_adapters: dict[tuple[str, str, str], Any] = {}
+
+
+def _adapter(model_dir: Path, config: MBPOConfig) -> Any:
+    """The model for scoring, mining and evaluation, loaded once per (dir, device, dtype)."""
+    from mbpo_core.models.device import resolve_device, resolve_dtype
+    from mbpo_core.models.loader import load_adapter
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    key = (str(model_dir.resolve()), device, str(dtype))
+    if key not in _adapters:
+        _adapters[key] = load_adapter(model_dir, device=device, dtype=dtype)
+    return _adapters[key]
+
+
+def release_models() -> None:
+    """Drop cached models (before training, which loads its own, and at the end of a run)."""
+    _adapters.clear()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency of the core
+        pass
+
+
+# ---- validate ----------------------------------------------------------------------------------
+
+
+def _check_manifest(role: str, path: Path) -> dict[str, Any]:
+    try:
+        samples = read_manifest(path)
+    except (ManifestError, OSError) as exc:
+        raise PipelineError("invalid_dataset", f"{role} dataset {path}: {exc}") from exc
+    if not samples:
+        raise PipelineError("invalid_dataset", f"{role} dataset {path} has no samples")
+    return {"samples": len(samples), "tasks": dict(Counter(s.task for s in samples))}
+
+
+def validate(
+    inputs: RunInputs,
+    layout: RunLayout,
+    config: MBPOConfig,
+    report: Reporter | None = None,
+    should_stop: ShouldStop | None = None,
+) -> dict[str, Any]:
+    """Check the model directory and every manifest before any compute is spent."""
+    progress = _Progress("validating", report, should_stop)
+    try:
+        info = inspect_model_dir(inputs.model_dir)
+    except ModelDirError as exc:
+        raise PipelineError("invalid_model", f"base model {inputs.model_dir}: {exc}") from exc
+    if inputs.offline_manifest is None and inputs.online_manifest is None:
+        raise PipelineError("no_training_data", "a run needs an offline (mining) or an online dataset")
+    roles = {"offline": inputs.offline_manifest, "online": inputs.online_manifest}
+    roles.update({f"eval:{name}": path for name, path in inputs.eval_manifests.items()})
+    datasets: dict[str, Any] = {}
+    present = {role: path for role, path in roles.items() if path is not None}
+    for i, (role, path) in enumerate(present.items()):
+        datasets[role] = _check_manifest(role, path)
+        progress(i + 1, len(present), role)
+    online = datasets.get("online")
+    if online is not None and not CLOSED_TASKS & set(online["tasks"]):
+        raise PipelineError(
+            "invalid_dataset",
+            "the online dataset has no close-ended samples (yes_no, multiple_choice, number): "
+            "online GRPO needs verifiable answers",
+        )
+    result = {
+        "model": {"family": info.family, "param_count": info.param_count},
+        "datasets": datasets,
+    }
+    _write_json(layout.stage_file("validating"), result)
+    return result
+
+
+# ---- score -------------------------------------------------------------------------------------
+
+
+def score(
+    inputs: RunInputs,
+    layout: RunLayout,
+    config: MBPOConfig,
+    report: Reporter | None = None,
+    should_stop: ShouldStop | None = None,
+) -> dict[str, Any]:
+    """IIG of every offline sample's ground truth (cached in mining/iig.jsonl) and the selection
+    `mine` will attack: the top `iig.keep_fraction` (or IIG >= `iig.min_iig`), at most `mining.limit`."""
+    if (cached := finished_result(layout, "scoring")) is not None:
+        return cached
+    if inputs.offline_manifest is None:
+        result: dict[str, Any] = {"skipped": "no offline dataset"}
+        _write_json(layout.stage_file("scoring"), result)
+        return result
+    from mbpo_core.mining import mine as mining
+
+    progress = _Progress("scoring", report, should_stop)
+    adapter = _adapter(inputs.model_dir, config)
+    layout.mining_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        if phase == "iig":
+            progress(done, total, phase)
+        else:
+            progress.check_stop()
+
+    pool, skipped, n_input = mining.scan_pool(adapter, inputs.offline_manifest, on_progress)
+    scores, failed = mining.score_iig(adapter, pool, config, layout.mining_dir / "iig.jsonl", on_progress)
+    skipped.update(failed.values())
+    scored = [p.sample.id for p in pool if p.sample.id in scores]
+    selected = mining.select_by_iig(
+        scored,
+        scores,
+        keep_fraction=config.iig.keep_fraction,
+        min_iig=config.iig.min_iig,
+        limit=config.mining.limit,
+    )
+    values = [scores[i] for i in scored]
+    result = {
+        "n_input": n_input,
+        "n_scored": len(scored),
+        "n_selected": len(selected),
+        "skipped": dict(sorted(skipped.items())),
+        "iig_mean": statistics.fmean(values) if values else None,
+        "iig_median": statistics.median(values) if values else None,
+        "iig_threshold": min(scores[i] for i in selected) if selected else None,
+        "iig_selected_mean": statistics.fmean(scores[i] for i in selected) if selected else None,
+    }
+    _write_json(layout.stage_file("scoring"), result)
+    return result
+
+
+# ---- mine --------------------------------------------------------------------------------------
+
+
+def mine(
+    inputs: RunInputs,
+    layout: RunLayout,
+    config: MBPOConfig,
+    report: Reporter | None = None,
+    should_stop: ShouldStop | None = None,
+) -> dict[str, Any]:
+    """Adversarial hard negatives from the IIG-selected samples into mining/ (pairs.jsonl, PNGs,
+    summary.json); resumable batch by batch."""
+    if (cached := finished_result(layout, "mining")) is not None:
+        return cached
+    if inputs.offline_manifest is None:
+        result: dict[str, Any] = {"skipped": "no offline dataset", "n_pairs": 0}
+        _write_json(layout.stage_file("mining"), result)
+        return result
+    from mbpo_core.mining import mine as mining
+
+    progress = _Progress("mining", report, should_stop)
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        if phase == "attack":
+            progress(done, total, phase)
+        else:
+            progress.check_stop()
+
+    try:
+        summary = mining.mine(
+            _adapter(inputs.model_dir, config),
+            inputs.offline_manifest,
+            layout.mining_dir,
+            config,
+            on_progress=on_progress,
+        )
+    except ValueError as exc:  # the directory was mined with other settings
+        raise PipelineError("mining_settings_changed", str(exc)) from exc
+    result = summary.to_dict()
+    _write_json(layout.stage_file("mining"), result)
+    return result
+
+
+# ---- train -------------------------------------------------------------------------------------
+
+
+def train(
+    inputs: RunInputs,
+    layout: RunLayout,
+    config: MBPOConfig,
+    report: Reporter | None = None,
+    should_stop: ShouldStop | None = None,
+) -> dict[str, Any]:
+    """Hybrid GRPO on the mined pairs and the online prompts into training/, resuming from the
+    newest complete checkpoint. A stop request saves a checkpoint and raises StageCancelled."""
+    if (cached := finished_result(layout, "training")) is not None:
+        return cached
+    from mbpo_core.training.progress import ProgressEvent
+    from mbpo_core.training.session import train_policy
+
+    has_pairs = layout.pairs_file.is_file() and layout.pairs_file.stat().st_size > 0
+    if not has_pairs and inputs.online_manifest is None:
+        raise PipelineError(
+            "no_training_data",
+            "mining found no hard negatives and the run has no online dataset: nothing to train on "
+            "(try a larger mining.limit, a larger attack.eps, or add an online dataset)",
+        )
+
+    def on_event(event: ProgressEvent) -> None:
+        if report is not None:
+            report(
+                StageProgress(
+                    "training",
+                    event.step,
+                    event.total,
+                    "step",
+                    eta_s=event.eta_s,
+                    step=event.step,
+                    metrics=dict(event.metrics),
+                )
+            )
+
+    release_models()
+    result = train_policy(
+        inputs.model_dir,
+        layout.training_dir,
+        config,
+        online=inputs.online_manifest,
+        pairs=layout.pairs_file if has_pairs else None,
+        progress=on_event,
+        should_stop=should_stop,
+        resume=True,
+    )
+    if result.cancelled:
+        raise StageCancelled("training")
+    final_metrics: dict[str, Any] = next((log for log in reversed(result.log_history) if "loss" in log), {})
+    summary = {
+        "steps": result.steps,
+        "model_dir": str(result.model_dir.relative_to(layout.root)) if result.model_dir else None,
+        "skipped_pairs": result.skipped_pairs,
+        "final_log": {k: v for k, v in final_metrics.items() if isinstance(v, int | float)},
+    }
+    _write_json(layout.stage_file("training"), summary)
+    return summary
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    step: int
+    path: Path  # the checkpoint directory (resume state + model/)
+    model_dir: Path  # its loadable model (safetensors, config, processor files)
+    metrics: dict[str, float]
+
+
+def checkpoint_steps(layout: RunLayout) -> list[int]:
+    """Steps of the complete checkpoints (a directory listing: cheap enough to call every step)."""
+    from mbpo_core.training import checkpoint
+
+    return checkpoint.checkpoint_steps(layout.checkpoints_dir)
+
+
+def list_checkpoints(layout: RunLayout) -> list[CheckpointInfo]:
+    """The complete checkpoints of the run, oldest first, with the logged metrics of their step."""
+    from mbpo_core.training import checkpoint
+    from mbpo_core.training.progress import select_metrics
+
+    out = []
+    for step in checkpoint.checkpoint_steps(layout.checkpoints_dir):
+        path = layout.checkpoints_dir / f"checkpoint-{step}"
+        metrics: dict[str, float] = {}
+        state = path / "trainer_state.json"
+        if state.is_file():
+            history = json.loads(state.read_text()).get("log_history", [])
+            logged = [entry for entry in history if entry.get("step") == step and "loss" in entry]
+            if logged:
+                metrics = select_metrics(logged[-1])
+        out.append(CheckpointInfo(step, path, path / checkpoint.MODEL_SUBDIR, metrics))
+    return out
+
+
+# ---- evaluate ----------------------------------------------------------------------------------
+
+
+def evaluate(
+    inputs: RunInputs,
+    layout: RunLayout,
+    config: MBPOConfig,
+    report: Reporter | None = None,
+    should_stop: ShouldStop | None = None,
+) -> dict[str, Any]:
+    """Base and aligned model on every eval split, side by side. Each (model, split) result is
+    cached in eval/<model>/<split>.json, so a resumed run (or a second evaluation) skips it."""
+    if (cached := finished_result(layout, "evaluating")) is not None:
+        return cached
+    from mbpo_core.evaluation.evaluate import balanced_subset, evaluate_manifest
+
+    models = {BASE: inputs.model_dir, ALIGNED: layout.final_model_dir}
+    if not (layout.final_model_dir / "config.json").is_file():
+        raise PipelineError("no_aligned_model", f"training left no model in {layout.final_model_dir}")
+    sizes = {
+        name: len(balanced_subset(read_manifest(path), config.eval.limit, config.seed))
+        for name, path in inputs.eval_manifests.items()
+    }
+    total = 2 * sum(sizes.values())
+    progress = _Progress("evaluating", report, should_stop)
+    done = 0
+    scores: dict[str, dict[str, dict[str, float]]] = {BASE: {}, ALIGNED: {}}
+    for which, model_dir in models.items():
+        for split, manifest in inputs.eval_manifests.items():
+            cache = layout.eval_dir / which / f"{split}.json"
+            if cache.is_file():
+                scores[which][split] = json.loads(cache.read_text())
+                done += sizes[split]
+                progress(done, total, f"{which}:{split}")
+                continue
+
+            def on_batch(n: int, which: str = which, split: str = split) -> None:
+                nonlocal done
+                done += n
+                progress(done, total, f"{which}:{split}")
+
+            evaluation = evaluate_manifest(
+                _adapter(model_dir, config),
+                manifest,
+                limit=config.eval.limit,
+                seed=config.seed,
+                batch_size=config.eval.batch_size,
+                max_new_tokens=config.eval.max_new_tokens,
+                null_image=config.iig.null_image,
+                on_batch=on_batch,
+            )
+            scores[which][split] = evaluation.metrics
+            _write_json(cache, evaluation.metrics)
+        release_models()  # one model in memory at a time
+    result: dict[str, Any] = {
+        BASE: scores[BASE],
+        ALIGNED: scores[ALIGNED],
+        "delta": metric_deltas(scores[BASE], scores[ALIGNED]),
+    }
+    if config.eval.attack_eval and inputs.eval_manifests:
+        result["attack"] = {
+            which: _attack_success(model_dir, which, inputs, layout, config, progress)
+            for which, model_dir in models.items()
+        }
+    _write_json(layout.eval_dir / "report.json", result)
+    _write_json(layout.stage_file("evaluating"), result)
+    return result
+
+
+def _attack_success(
+    model_dir: Path, which: str, inputs: RunInputs, layout: RunLayout, config: MBPOConfig, progress: _Progress
+) -> dict[str, Any]:
+    """A fresh PGD attack on a model (docs/method.md §6): mining's attack on the hardest eval split, at most
+    `eval.limit` samples, resumable in eval/attack/<model>/."""
+    from mbpo_core.mining import mine as mining
+
+    names = sorted(inputs.eval_manifests)
+    split = next((name for name in names if name.endswith("pope_adversarial")), names[0])
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        if phase == "attack":  # the split's evaluation is complete; this is its attack phase
+            progress(1, 1, f"attack:{which} {done}/{total}")
+        else:
+            progress.check_stop()
+
+    summary = mining.mine(
+        _adapter(model_dir, config),
+        inputs.eval_manifests[split],
+        layout.eval_dir / "attack" / which,
+        config,
+        limit=config.eval.limit,
+        on_progress=on_progress,
+    )
+    release_models()
+    return {
+        "split": split,
+        "attack_success_rate": summary.attack_success_rate,
+        "baseline_random_noise": summary.baseline_random_noise.get("attack_success_rate"),
+        "n_attacked": summary.n_selected,
+    }
+
+
+StageFn = Callable[[RunInputs, RunLayout, MBPOConfig, Reporter | None, ShouldStop | None], dict[str, Any]]
+
+STAGE_FUNCTIONS: dict[str, StageFn] = {
+    "validating": validate,
+    "scoring": score,
+    "mining": mine,
+    "training": train,
+    "evaluating": evaluate,
+}
+
+
+def run_all(
+    inputs: RunInputs,
+    layout: RunLayout,
+    config: MBPOConfig,
+    report: Reporter | None = None,
+    should_stop: ShouldStop | None = None,
+    on_stage: Callable[[str, dict[str, Any] | None], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every stage in order (what `mbpo run` does); `on_stage(stage, None)` before a stage and
+    `on_stage(stage, result)` after it. Returns the results by stage."""
+    results: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        if on_stage is not None:
+            on_stage(stage, None)
+        results[stage] = STAGE_FUNCTIONS[stage](inputs, layout, config, report, should_stop)
+        if on_stage is not None:
+            on_stage(stage, results[stage])
+    return results

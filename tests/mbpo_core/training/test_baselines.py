@@ -1,0 +1,52 @@
+"""The SFT and random-negative DPO baselines train the tiny model and save a loadable one."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from mbpo_core.data.verifiers import is_correct
+from mbpo_core.models.loader import load_adapter
+from mbpo_core.training.baselines import random_wrong_answer, train_dpo_random, train_sft
+
+from .conftest import tiny_config
+
+
+@pytest.mark.parametrize(
+    ("task", "answer", "choices"),
+    [
+        ("yes_no", "Yes.", ()),
+        ("yes_no", "no", ()),
+        ("multiple_choice", "B", ("red", "blue", "green")),
+        ("number", "3", ()),
+    ],
+)
+def test_random_wrong_answer_is_always_wrong(task, answer, choices):
+    rng = random.Random(0)
+    for _ in range(20):
+        assert not is_correct(task, random_wrong_answer(rng, task, answer, choices), answer, choices)
+
+
+def test_sft_lowers_the_nll_of_the_answers_and_saves_a_loadable_model(tiny_model_dir, tiny_data, tmp_path):
+    config = tiny_config(max_steps=3, learning_rate=1e-2)
+    model_dir = train_sft(tiny_model_dir, tiny_data["online"], tmp_path / "sft", config)
+
+    def answer_nll(path):
+        adapter = load_adapter(path)
+        pixels = torch.zeros(1, 28, 28, 3)
+        with torch.no_grad():
+            logp, n = adapter.answer_logprobs(pixels, ["is there a red circle ?"], ["yes"])
+        return float(-(logp.sum() / n.sum()))
+
+    assert answer_nll(model_dir) < answer_nll(tiny_model_dir)
+    assert train_sft(tiny_model_dir, tiny_data["online"], tmp_path / "sft", config) == model_dir  # reused
+
+
+def test_dpo_with_random_negatives_trains_and_saves_a_loadable_model(tiny_model_dir, tiny_data, tmp_path):
+    config = tiny_config(max_steps=1)
+    model_dir = train_dpo_random(tiny_model_dir, tiny_data["online"], tmp_path / "dpo", config, n_pairs=4)
+    trained = load_adapter(model_dir).model.state_dict()
+    base = load_adapter(tiny_model_dir).model.state_dict()
+    assert any(not torch.equal(trained[k], base[k]) for k in base if k in trained)

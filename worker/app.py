@@ -1,0 +1,72 @@
+"""The worker's Celery application: `infra.jobs`' shared configuration plus the tasks of
+`worker.tasks`, and what starts with a worker process: the run sweeper and the re-sending of
+dataset validations that lost their message.
+
+Built by `create_worker_app()` (called by `mbpo worker`), never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+import worker.tasks  # noqa: F401  (registers the shared tasks on every app built here)
+from infra.db.session import make_engine, make_session_factory
+from infra.jobs import TaskName, create_celery
+from infra.settings import Settings, get_settings
+from worker.datasets import stale_validations
+from worker.sweeper import Sweeper
+
+log = logging.getLogger(__name__)
+
+# A dataset `validating` this long without a live lease lost its message; re-send it on startup.
+STALE_AFTER = timedelta(seconds=30)
+
+
+def create_worker_app(settings: Settings | None = None) -> Celery:
+    return create_celery(settings or get_settings())
+
+
+@worker_ready.connect
+def _resend_stale_jobs(sender: Any = None, **_: Any) -> None:
+    settings = get_settings()
+    engine = make_engine(settings.sqlalchemy_url)  # a private engine: never shared with forked children
+    try:
+        with make_session_factory(engine)() as session:
+            stale = stale_validations(session, older_than=STALE_AFTER)
+        app = sender.app if sender is not None else create_worker_app(settings)
+        for dataset_id in stale:
+            app.send_task(TaskName.validate_dataset.value, args=[dataset_id])
+        if stale:
+            log.info("re-sent validation of %d stale dataset(s)", len(stale))
+    except Exception:
+        log.exception("startup sweep failed")
+    finally:
+        engine.dispose()
+
+
+_sweeper: Sweeper | None = None
+
+
+@worker_ready.connect
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
+    global _sweeper
+    if sender is None or _sweeper is not None:
+        return
+    app = sender.app
+
+    def send(run_id: str) -> None:
+        app.send_task(TaskName.execute_run.value, args=[run_id])
+
+    _sweeper = Sweeper(get_settings(), send)
+    _sweeper.start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    if _sweeper is not None:
+        _sweeper.stop.set()
