@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from infra.db.models import BaseModelRecord, Dataset, DatasetStatus, User
+from api.auth.repository import AuthRepository
+from api.datasets.repository import DatasetRepository
+from api.models.repository import ModelRepository
+from infra.db.models import BaseModelRecord, Dataset, DatasetStatus
 from infra.jobs import JobQueue, TaskName, get_celery
 from infra.settings import Settings
 from mbpo_core.models.info import inspect_model_dir
@@ -49,11 +51,7 @@ class Demo:
 
 
 def _model(session: Session, owner_id: str, path: Path) -> str:
-    existing = session.scalar(
-        select(BaseModelRecord.id).where(
-            BaseModelRecord.owner_id == owner_id, BaseModelRecord.path == str(path)
-        )
-    )
+    existing = ModelRepository(session).id_by_path(owner_id, str(path))
     if existing is not None:
         return existing
     info = inspect_model_dir(path)
@@ -72,9 +70,7 @@ def _model(session: Session, owner_id: str, path: Path) -> str:
 
 
 def _dataset(session: Session, jobs: JobQueue, owner_id: str, split: str, root: Path) -> str:
-    existing = session.scalar(
-        select(Dataset.id).where(Dataset.owner_id == owner_id, Dataset.root_path == str(root))
-    )
+    existing = DatasetRepository(session).id_by_root(owner_id, str(root))
     if existing is not None:
         return existing
     row = Dataset(
@@ -95,9 +91,10 @@ def register_demo(session: Session, settings: Settings, user_name: str, testbed:
     """Register (or find) the demo resources for user `user_name` and write the run body; the
     validation jobs of new datasets are sent after the commit."""
     root = testbed.expanduser().resolve(strict=True)
-    owner_id = session.scalar(select(User.id).where(User.name == user_name))
-    if owner_id is None:
+    owner = AuthRepository(session).user_by_name(user_name)
+    if owner is None:
         raise ValueError(f"user {user_name!r} does not exist")
+    owner_id = owner.id
     jobs = JobQueue()
     model_id = _model(session, owner_id, root / "base_model")
     datasets = {

@@ -237,7 +237,8 @@ def build_command(
         spec = replace(spec, train=replace(spec.train, num_threads=threads))
         progress.say(f"generating the scenes and questions ({spec.train.steps} training steps planned)")
         try:
-            report = build_testbed(out, spec, progress)
+            with _plain_library_output(progress):
+                report = build_testbed(out, spec, progress)
         except TestbedPropertyError as error:
             failure: TestbedPropertyError | None = error
         else:
@@ -250,14 +251,37 @@ def build_command(
     console.print(f"[bold green]testbed built in {report['timings']['total_s']:.0f} s: {out}")
 
 
+@contextmanager
+def _plain_library_output(progress: Reporter) -> Iterator[None]:
+    """Without a terminal, transformers' own bars (loading, saving weights) are carriage-return junk:
+    off meanwhile."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    if enabled and isinstance(progress, LogBuildProgress):
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
+
+
+def _print_table(table: Table) -> None:
+    """Without a terminal rich assumes 80 columns and would truncate the cells: natural width then."""
+    out = console if console.is_terminal else Console(file=console.file, width=200)
+    out.print(table)
+
+
 def _print_report(report: dict[str, Any]) -> None:
-    console.print(metrics_table(f"base model, seed {report['seed']}", report["metrics"]))
+    _print_table(metrics_table(f"base model, seed {report['seed']}", report["metrics"]))
     recall = report["positive_recall"]
-    console.print(
+    summary = (
         f"false-yes gap adversarial - random: {report['false_yes_gap']:+.3f}   "
         f"recall on anchor positives {recall['anchor_recall']:.3f}, on others {recall['other_recall']:.3f}   "
         f"training attempts {report['train']['attempts']}   eval {report['eval_samples_per_s']:.0f} samples/s"
     )
+    console.print(summary, soft_wrap=True)
 
 
 def eval_command(
@@ -282,9 +306,9 @@ def eval_command(
     if len(set(names)) != len(names):
         raise typer.BadParameter("two manifests share a folder name (the split name)", param_hint="--data")
     torch.set_num_threads(threads)
-    adapter = load_adapter(model)
     splits: dict[str, dict[str, float]] = {}
-    with progress_reporter() as progress:
+    with progress_reporter() as progress, _plain_library_output(progress):
+        adapter = load_adapter(model)
         for name, path in zip(names, data, strict=True):
             total = len(read_manifest(path)) if limit is None else min(limit, len(read_manifest(path)))
             progress.start(f"evaluate {name}", total)
@@ -299,7 +323,7 @@ def eval_command(
             splits[name] = evaluation.metrics
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": str(model), "splits": splits}, indent=2))
-    console.print(metrics_table(str(model), splits))
+    _print_table(metrics_table(str(model), splits))
     console.print(f"written: {out}")
 
 

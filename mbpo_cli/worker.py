@@ -11,9 +11,11 @@ def worker(
     queues: Annotated[
         str, typer.Option(help="Comma-separated queues: cpu, gpu, inference.")
     ] = "cpu,gpu,inference",
-    concurrency: Annotated[int, typer.Option(help="Tasks run at once (one per GPU for gpu workers).")] = 1,
+    concurrency: Annotated[
+        int, typer.Option(help="Tasks run at once (gpu workers: 1; every task uses the first visible GPU).")
+    ] = 1,
     pool: Annotated[
-        str, typer.Option(help="Celery pool: prefork (isolation) or solo (one process).")
+        str, typer.Option(help="Celery pool: prefork (isolation), solo (one process) or threads (inference).")
     ] = "prefork",
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Worker node name (default: celery's).")] = None,

@@ -20,6 +20,11 @@ class DatasetRepository:
         self.session.flush()
         return dataset
 
+    def id_by_root(self, owner_id: str, root_path: str) -> str | None:
+        return self.session.scalar(
+            select(Dataset.id).where(Dataset.owner_id == owner_id, Dataset.root_path == root_path)
+        )
+
     def get_visible(self, dataset_id: str, principal: Principal) -> Dataset | None:
         stmt = select(Dataset).where(Dataset.id == dataset_id)
         if not principal.is_admin:

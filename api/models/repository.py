@@ -20,6 +20,13 @@ class ModelRepository:
         self.session.flush()
         return model
 
+    def id_by_path(self, owner_id: str, path: str) -> str | None:
+        return self.session.scalar(
+            select(BaseModelRecord.id).where(
+                BaseModelRecord.owner_id == owner_id, BaseModelRecord.path == path
+            )
+        )
+
     def get_visible(self, model_id: str, principal: Principal) -> BaseModelRecord | None:
         stmt = select(BaseModelRecord).where(BaseModelRecord.id == model_id)
         if not principal.is_admin:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from api.auth.service import Principal
@@ -26,6 +26,9 @@ class RunRepository:
         if not principal.is_admin:
             stmt = stmt.where(Run.owner_id == principal.user_id)
         return self.session.scalar(stmt)
+
+    def status_and_event_seq(self, run_id: str) -> Row[str, int] | None:
+        return self.session.execute(select(Run.status, Run.event_seq).where(Run.id == run_id)).one_or_none()
 
     def get_by_idempotency_key(self, owner_id: str, key: str) -> Run | None:
         return self.session.scalar(select(Run).where(Run.owner_id == owner_id, Run.idempotency_key == key))

@@ -26,18 +26,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from infra.db.models import Run
+from api.runs.repository import RunRepository
 from infra.events.publish import channel_pattern, redis_url
-from infra.events.store import TERMINAL_EVENT_TYPES, event_payload, events_after
-from infra.runs.lifecycle import RunStatus
+from infra.events.store import event_payload, events_after
+from infra.runs.lifecycle import TERMINAL, TERMINAL_EVENT_TYPES
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TERMINAL_STATUSES = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled})
 POLL_INTERVAL = 0.5  # seconds between table reads without Redis
 QUEUE_SIZE = 1000  # messages a slow client may lag behind before it reads the table instead
 
@@ -123,12 +121,12 @@ class _Snapshot:
 
 def _read(factory: sessionmaker[Session], run_id: str, after: int) -> _Snapshot:
     with factory() as session:
-        head = session.execute(select(Run.status, Run.event_seq).where(Run.id == run_id)).one_or_none()
+        head = RunRepository(session).status_and_event_seq(run_id)
         if head is None:
             return _Snapshot([], True)
         events = [event_payload(e) for e in events_after(session, run_id, after, limit=500)]
     last = events[-1]["seq"] if events else after
-    return _Snapshot(events, head.status in TERMINAL_STATUSES and last >= head.event_seq)
+    return _Snapshot(events, head.status in TERMINAL and last >= head.event_seq)
 
 
 def format_event(payload: dict[str, Any]) -> bytes:

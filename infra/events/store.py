@@ -19,9 +19,6 @@ from sqlalchemy.orm import Session
 
 from infra.db.models import Run, RunEvent
 
-# Event types after which a run does nothing more (until someone resumes it).
-TERMINAL_EVENT_TYPES = frozenset({"run_succeeded", "run_failed", "run_cancelled"})
-
 
 def json_safe(value: Any) -> Any:
     """`value` with non-finite floats (NaN, inf: a metric of an empty group) replaced by None, so it

@@ -84,6 +84,9 @@ EVENT_TYPES: Mapping[RunStatus, str] = {
     RunStatus.cancelled: "run_cancelled",
 }
 
+# Event types after which a run does nothing more (until someone resumes it).
+TERMINAL_EVENT_TYPES = frozenset(EVENT_TYPES[s] for s in TERMINAL)
+
 # Share of the overall progress each stage represents (rough CPU/GPU time of a typical run).
 STAGE_WEIGHTS: Mapping[str, float] = {
     RunStatus.validating: 0.02,

@@ -1,6 +1,8 @@
-"""Scoring a model on evaluation manifests (DESIGN 2.6).
+"""Scoring a model on evaluation manifests, and comparing two models (docs/method.md §6).
 
-evaluate.py   POPE metrics (accuracy, precision, recall, F1, yes-ratio), per-task accuracy, mean IIG
+evaluate.py   per split: accuracy, unparsable rate and mean IIG of the ground-truth answers; on
+              yes/no splits also POPE's precision, recall, F1 and yes-ratio
+compare.py    base vs aligned: the change of every metric of every split
 
 May import: mbpo_core.data, .models, .scoring.
 """

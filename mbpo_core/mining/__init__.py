@@ -1,4 +1,4 @@
-"""Hard-negative mining (DESIGN 2.2-2.3): adversarial images and the wrong answers they produce.
+"""Hard-negative mining (docs/method.md §2-3): adversarial images and the wrong answers they produce.
 
 attack.py   PGD in [0,1] pixel space (sign steps, eps ball), uint8 quantisation, random-noise control
 mine.py     the mining run: scan the pool, IIG-select, attack, decode, verify, keep pairs (resumable)

@@ -1,4 +1,4 @@
-"""Image Information Gain (IIG, DESIGN 2.1): how much an answer depends on the image.
+"""Image Information Gain (IIG, docs/method.md §1): how much an answer depends on the image.
 
 iig.py   null images (gray, noise, blur) and the per-token log-prob gain of the real image over one
 

@@ -52,3 +52,14 @@ def test_dockerfiles_install_cpu_torch_for_the_api_and_cuda_for_the_worker() -> 
     assert "whl/cpu" in api and '"torch==2.13.0"' in api
     assert worker.startswith("#") and "FROM nvidia/cuda:" in worker
     assert 'mbpo", "worker"' in worker
+
+
+def test_dockerfiles_copy_every_package_the_project_installs() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((DOCKER.parent / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    for dockerfile in ("Dockerfile.api", "Dockerfile.worker"):
+        text = (DOCKER / dockerfile).read_text()
+        missing = [p for p in packages if f"COPY {p} ./{p}" not in text]
+        assert not missing, (dockerfile, missing)

@@ -107,9 +107,10 @@ def test_reporter_picks_plain_flushed_lines_without_a_terminal_and_bars_on_one()
 
 def _fake_report() -> dict[str, Any]:
     metrics = {"n": 300, "accuracy": 0.7, "precision": 0.7, "recall": 0.7, "f1": 0.7, "yes_ratio": 0.5}
+    metrics |= {"false_yes_rate": 0.3, "iig_mean": 2.125}
     return {
         "seed": 0,
-        "metrics": {"pope_random": metrics},
+        "metrics": {"pope_random": metrics, "pope_adversarial": metrics},
         "false_yes_gap": 0.2,
         "positive_recall": {"anchor_recall": 0.9, "other_recall": 0.6},
         "train": {"attempts": 1},
@@ -120,10 +121,13 @@ def _fake_report() -> dict[str, Any]:
 
 def test_build_command_without_a_terminal_prints_progress_lines(monkeypatch, tmp_path: Path) -> None:
     """The real command and reporter; only the multi-minute build is replaced by its progress calls."""
+    from transformers.utils import logging as transformers_logging
+
     import mbpo_core.testbed.build as build_module
 
     def fake_build(out: Path, spec: build_module.BuildSpec, progress: build_module.BuildProgress) -> dict:
         assert spec.train.steps == build_module.BuildSpec.quick().train.steps
+        assert not transformers_logging.is_progress_bar_enabled()  # no carriage-return bars in logs
         progress.start("images sft", 3)
         for _ in range(3):
             progress.advance()
@@ -158,3 +162,5 @@ def test_build_command_without_a_terminal_prints_progress_lines(monkeypatch, tmp
     assert "loss 0.200 yes/no 0.300" in steps[4]
     assert "\x1b[" not in result.output  # no terminal: no escape codes, no live bar
     assert "testbed built in 3 s" in result.output
+    assert "…" not in result.output  # the metrics table at its natural width, not cut to 80 columns
+    assert transformers_logging.is_progress_bar_enabled()  # restored
