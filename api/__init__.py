@@ -1,0 +1,6 @@
+"""The web app: FastAPI routes -> services -> repositories, one package per domain (auth, datasets,
+models, runs, artefacts, health, inference with chat and spot-checks, admin = the admin UI).
+
+`app.create_app()` builds it; `deps.py` holds the request dependencies and the one commit point.
+May import: infra, light parts of mbpo_core (config, data, models.info); never torch, never worker.
+"""

@@ -7,4 +7,8 @@ trainer.py                 HybridGRPOTrainer (GRPOTrainer subclass)
 checkpoint.py              atomic checkpoints that load like base models
 progress.py                progress events and cooperative cancellation
 session.py                 train_policy(): directories in, aligned model out
+rewards.py                 verified rewards (accuracy + format) as TRL reward functions
+baselines.py               SFT and random-negative DPO, the comparisons MBPO must beat
+
+May import: mbpo_core.config, .data, .models.
 """

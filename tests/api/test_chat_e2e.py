@@ -23,11 +23,10 @@ from infra.db.session import make_engine, make_session_factory
 from mbpo_core.models.loader import load_adapter
 from mbpo_core.serving.engine import pixels_from_bytes
 from tests.helpers import services
-from tests.helpers.inference import TinyModels, build_tiny_models, data_url, png_bytes
+from tests.helpers.inference import QUESTION, TinyModels, build_tiny_models, data_url, png_bytes
 
 pytestmark = pytest.mark.services
 
-QUESTION = "is there a red circle in the image"
 PNG = png_bytes(seed=5)
 
 

@@ -23,28 +23,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
     testbed = rh.quick_testbed()
     base = tmp_path_factory.mktemp("embedded-runs")
     env = services.service_env(MBPO_HOME=str(base / "home"), OMP_NUM_THREADS="2")
-    port = services.free_port()
     log = base / "serve.log"
-    proc = services.start_mbpo(["serve", "--port", str(port), "--demo", str(testbed)], env, log)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        services.wait_for(up, timeout=120, interval=0.5, what="mbpo serve")
-        services.wait_for(
-            lambda: "ready." in log.read_text(errors="replace"), timeout=90, what="local worker"
-        )
+    with services.embedded_serve(["--demo", str(testbed)], env, log) as (url, _):
         key = (base / "home" / "admin_key").read_text().strip()
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
             yield client, testbed, base
-    finally:
-        services.stop_process_group(proc)
 
 
 def _demo_refs(client: httpx.Client, base: Path) -> dict[str, Any]:

@@ -37,26 +37,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     base = tmp_path_factory.mktemp("embedded")
     (base / "roots").mkdir()
     env = services.service_env(MBPO_HOME=str(base / "home"), MBPO_DATA_ROOTS=str(base / "roots"))
-    port = services.free_port()
     log = base / "serve.log"
-    proc = services.start_mbpo(["serve", "--port", str(port)], env, log)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        services.wait_for(up, timeout=90, interval=0.5, what="mbpo serve")
-        services.wait_for(
-            lambda: "ready." in log.read_text(errors="replace"), timeout=60, what="local worker"
-        )
+    with services.embedded_serve([], env, log, timeout=90) as (url, proc):
         yield Served(url=url, home=base / "home", roots=base / "roots", log=log, env=env, pid=proc.pid)
-    finally:
-        services.stop_process_group(proc)
 
 
 def _wait_validated(served: Served, headers: dict[str, str], dataset_id: str) -> dict[str, Any]:

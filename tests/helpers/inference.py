@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 WORDS = ["is", "there", "a", "red", "blue", "green", "circle", "square", "in", "the", "image", "yes", "no"]
+QUESTION = "is there a red circle in the image"
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,8 @@ def png_bytes(width: int = 56, height: int = 56, seed: int = 0, fmt: str = "PNG"
 
 def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def chat_messages(question: str = QUESTION) -> list[dict[str, object]]:
+    """One user turn with an image and `question`, in the OpenAI-style content-parts form."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]

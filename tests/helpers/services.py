@@ -148,3 +148,30 @@ def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 20) -> None
     with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+@contextmanager
+def embedded_serve(
+    args: list[str], env: dict[str, str], log: Path, *, timeout: float = 120
+) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
+    """`mbpo serve --port <free> ARGS` until its API answers and its local worker is ready; yields
+    (base URL, process) and stops the whole process group afterwards."""
+    import httpx
+
+    port = free_port()
+    proc = start_mbpo(["serve", "--port", str(port), *args], env, log)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text(errors="replace")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, timeout=timeout, interval=0.5, what="mbpo serve")
+        wait_for(lambda: "ready." in log.read_text(errors="replace"), timeout=timeout, what="local worker")
+        yield url, proc
+    finally:
+        stop_process_group(proc)

@@ -113,24 +113,13 @@ def service(chromium_path: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         ),
         MBPO_LOG_LEVEL="INFO",
     )
-    port = services.free_port()
     log = base / "serve.log"
-    proc = services.start_mbpo(["serve", "--port", str(port)], env, log)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, log.read_text(errors="replace")
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        services.wait_for(up, timeout=120, interval=0.5, what="mbpo serve")
-        services.wait_for(lambda: "ready." in log.read_text(errors="replace"), timeout=120, what="worker")
-        yield Service(url=url, home=home, roots=base, log=log, key=(home / "admin_key").read_text().strip())
+        with services.embedded_serve([], env, log) as (url, _):
+            yield Service(
+                url=url, home=home, roots=base, log=log, key=(home / "admin_key").read_text().strip()
+            )
     finally:
-        services.stop_process_group(proc)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(log, ARTIFACTS / "serve.log")
 

@@ -10,26 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from infra.replies import ReplyReader
 from infra.settings import Settings
 from mbpo_core.models.loader import load_adapter
 from mbpo_core.serving import engine as serving
-from tests.helpers.inference import TinyModels, build_tiny_models, png_bytes
+from tests.helpers.inference import QUESTION, TinyModels, chat_messages, png_bytes
 from worker.inference import run_chat_completion, run_spot_check
-
-QUESTION = "is there a red circle in the image"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
-    torch.set_num_threads(1)
-    return build_tiny_models(tmp_path_factory.mktemp("tiny"))
-
-
-def _messages(question: str = QUESTION) -> list[dict[str, object]]:
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
 
 def _embedded_settings(tmp_path: Path) -> Settings:
@@ -40,7 +27,7 @@ def _payload(tiny: TinyModels, request_id: str, stream: bool) -> dict[str, objec
     return {
         "request_id": request_id,
         "model": {"key": "base", "path": str(tiny.base), "base_path": None},
-        "messages": _messages(),
+        "messages": chat_messages(),
         "images": [base64.b64encode(png_bytes()).decode()],
         "params": {"max_tokens": 4, "temperature": 0.0, "top_p": 1.0, "seed": None, "stop": []},
         "stream": stream,

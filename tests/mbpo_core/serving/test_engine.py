@@ -12,25 +12,13 @@ import torch
 from mbpo_core.models.loader import load_adapter
 from mbpo_core.serving import engine as serving
 from mbpo_core.serving.engine import ChatRequest, ModelCache, ModelSource, SamplingParams
-from tests.helpers.inference import TinyModels, build_tiny_models, png_bytes
-
-QUESTION = "is there a red circle in the image"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
-    torch.set_num_threads(1)
-    return build_tiny_models(tmp_path_factory.mktemp("tiny"))
-
-
-def _messages(question: str = QUESTION) -> list[dict[str, object]]:
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+from tests.helpers.inference import QUESTION, TinyModels, chat_messages, png_bytes
 
 
 def _request(image_seed: int = 0, **params: object) -> ChatRequest:
     image = serving.pixels_from_bytes(png_bytes(seed=image_seed))
     defaults: dict[str, object] = {"max_tokens": 6, "temperature": 0.0}
-    return ChatRequest(_messages(), [image], SamplingParams(**{**defaults, **params}))  # type: ignore[arg-type]
+    return ChatRequest(chat_messages(), [image], SamplingParams(**{**defaults, **params}))  # type: ignore[arg-type]
 
 
 def test_chat_prompt_and_greedy_text_match_the_adapter(tiny: TinyModels) -> None:
