@@ -11,7 +11,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-# model_type in config.json -> family name used everywhere in the project.
+# The one registry of supported families: model_type in config.json -> the family, which is also the
+# module of mbpo_core.models holding its adapter (ADAPTER) and its tiny builder.
 FAMILIES: dict[str, str] = {
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_5_vl",
@@ -98,8 +99,10 @@ def inspect_model_dir(path: str | Path) -> ModelInfo:
         raise ModelDirError("model needs trust_remote_code (custom code is never executed)", "remote_code")
     family = detect_family(config)
     if family is None:
+        found = ", ".join(str(a) for a in config.get("architectures") or []) or "no architectures listed"
         raise ModelDirError(
-            f"unknown model family {config.get('model_type')!r}; supported: {', '.join(sorted(FAMILIES))}",
+            f"unsupported model: model_type {config.get('model_type')!r} ({found}); supported model_types: "
+            f"{', '.join(sorted(FAMILIES))}",
             "unknown_family",
         )
     weights = sorted(p.name for p in root.glob("*.safetensors"))

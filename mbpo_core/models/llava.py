@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
-from transformers import LlavaForConditionalGeneration, LlavaProcessor
+from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaImageProcessorPil, LlavaProcessor
 
 from mbpo_core.models.base import Pixels, VLMAdapter
+from mbpo_core.models.build import CLIP_MEAN, CLIP_STD, ModelSize, build_word_tokenizer
 from mbpo_core.models.preprocess import (
     center_crop,
     normalize,
@@ -60,6 +62,89 @@ class LlavaAdapter(VLMAdapter):
         if self._ip.do_normalize:
             images = normalize(images, self._ip.image_mean, self._ip.image_std)
         return {"pixel_values": images}
+
+
+# ---- tiny models (mbpo_core.models.build) --------------------------------------------------------
+
+# LLaVA-1.5 uses a CLIP ViT with 14 px patches; its processor needs the patch size to count image tokens.
+LLAVA_PATCH = 14
+LLAVA_SPECIAL = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "image": "<image>"}
+
+# LLaVA-1.5's conversation format.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: {% elif message['role'] == 'assistant' %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' or 'image' in item %}<image>\n"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}</s>{% endif %} "
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def tiny_processor(
+    words: Iterable[str], *, image_size: int, max_image_size: int | None, lowercase: bool
+) -> Any:
+    """Resize the shortest edge to `image_size` and centre-crop an `image_size` square (CLIP style);
+    `max_image_size` does not apply."""
+    tokenizer = build_word_tokenizer(words, LLAVA_SPECIAL, lowercase=lowercase)
+    image_processor = LlavaImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=LLAVA_PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+
+def tiny_config(processor: Any, s: ModelSize) -> Any:
+    tokenizer = processor.tokenizer
+    ids = tokenizer.convert_tokens_to_ids
+    image_size = processor.image_processor.crop_size["height"]
+    # CLIP vision tower: needs neither torchvision nor the hub.
+    vision = {
+        "model_type": "clip_vision_model",
+        "hidden_size": s.v_dim,
+        "intermediate_size": 2 * s.v_dim,
+        "num_hidden_layers": s.v_depth,
+        "num_attention_heads": s.v_heads,
+        "image_size": image_size,
+        "patch_size": LLAVA_PATCH,
+        "projection_dim": s.v_dim,
+    }
+    text = {
+        "model_type": "llama",
+        "vocab_size": s.vocab_size or len(tokenizer),
+        "hidden_size": s.hidden,
+        "intermediate_size": s.ffn,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "num_key_value_heads": s.kv_heads,
+        "max_position_embeddings": s.max_positions,
+        "bos_token_id": ids(LLAVA_SPECIAL["bos"]),
+        "eos_token_id": ids(LLAVA_SPECIAL["eos"]),
+        "pad_token_id": ids(LLAVA_SPECIAL["pad"]),
+    }
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=ids(LLAVA_SPECIAL["image"]),
+        image_seq_length=(image_size // LLAVA_PATCH) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+        tie_word_embeddings=s.tie_word_embeddings,
+    )
 
 
 ADAPTER = LlavaAdapter
