@@ -27,6 +27,8 @@ class VLMAdapter(ABC):
     family: ClassVar[str]
     model_class: ClassVar[Any]  # the transformers *ForConditionalGeneration class
     processor_class: ClassVar[Any]  # the transformers processor class (or an image-only subclass)
+    # The processor outputs `pixel_inputs` reproduces (what the parity tests compare).
+    pixel_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model

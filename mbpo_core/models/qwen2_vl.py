@@ -24,6 +24,7 @@ class Qwen2VLAdapter(VLMAdapter):
     family = "qwen2_vl"
     model_class: ClassVar[Any] = Qwen2VLForConditionalGeneration
     processor_class: ClassVar[Any] = ImageOnlyQwen2VLProcessor
+    pixel_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "image_grid_thw")
 
     def __init__(self, model: Any, processor: Any) -> None:
         super().__init__(model, processor)

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from mbpo_core.models.base import VLMAdapter
+from mbpo_core.models import build
 from mbpo_core.models.build import build_model, build_processor
 from mbpo_core.models.loader import load_adapter
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "llava"]
+FAMILIES = list(build.FAMILIES)  # every registered family (mbpo_core.models.info)
 WORDS = [
     *["is", "there", "a", "red", "blue", "green", "circle", "square", "triangle", "in", "the", "image"],
     *["yes", "no", "how", "many", "what", "color", "of"],

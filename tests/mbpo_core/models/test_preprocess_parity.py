@@ -19,7 +19,7 @@ RESIZED = [(60, 90), (200, 150), (100, 70), (45, 45)]
 def processor_pixels(adapter: VLMAdapter, image: np.ndarray) -> dict[str, torch.Tensor]:
     text = adapter.prompt_text("is there a red circle ?")
     out = adapter.processor(text=[text], images=[Image.fromarray(image)], return_tensors="pt")
-    return {k: out[k] for k in ("pixel_values", "image_grid_thw") if k in out}
+    return {k: out[k] for k in adapter.pixel_keys}
 
 
 def max_diff(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> float:
