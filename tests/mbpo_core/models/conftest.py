@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mbpo_core.models.base import VLMAdapter
 from mbpo_core.models import build
+from mbpo_core.models.base import VLMAdapter
 from mbpo_core.models.build import build_model, build_processor
 from mbpo_core.models.loader import load_adapter
 
