@@ -1,4 +1,4 @@
-"""Image-only Qwen processors.
+"""Image-only Qwen processors, named like the stock ones.
 
 The stock Qwen2-VL / Qwen2.5-VL processors also require a video processor, and the only video
 processor needs torchvision, which this project does not install (the only wheel on its CPU
@@ -6,16 +6,21 @@ machines is a CUDA build that breaks beside the CPU torch; see the Makefile). Th
 drop the video argument from `__init__` (ProcessorMixin discovers its sub-processors from that
 signature), so they construct, save and load with the PIL image processor alone. Everything
 else, including the token expansion of `<|image_pad|>`, is the real Hugging Face code.
+
+Each subclass carries its stock class's name on purpose: a saved checkpoint records
+`"processor_class": "Qwen2VLProcessor"`, so `AutoProcessor`, TRL, vLLM and lmms-eval load it with
+the stock class wherever torchvision is installed. Inside this project the adapters name these
+classes explicitly.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+import transformers
 
 
-class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+class Qwen2VLProcessor(transformers.Qwen2VLProcessor):
     def __init__(
         self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any
     ):
@@ -24,7 +29,7 @@ class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
         )
 
 
-class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+class Qwen2_5_VLProcessor(transformers.Qwen2_5_VLProcessor):
     def __init__(
         self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any
     ):

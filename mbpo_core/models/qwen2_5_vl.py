@@ -7,22 +7,22 @@ from typing import Any
 
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from mbpo_core.models import processors
 from mbpo_core.models.build import ModelSize
-from mbpo_core.models.processors import ImageOnlyQwen2_5_VLProcessor
 from mbpo_core.models.qwen2_vl import Qwen2VLAdapter, qwen_config, qwen_processor
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     family = "qwen2_5_vl"
     model_class = Qwen2_5_VLForConditionalGeneration
-    processor_class = ImageOnlyQwen2_5_VLProcessor
+    processor_class = processors.Qwen2_5_VLProcessor
 
 
 def tiny_processor(
     words: Iterable[str], *, image_size: int, max_image_size: int | None, lowercase: bool
 ) -> Any:
     return qwen_processor(
-        ImageOnlyQwen2_5_VLProcessor,
+        processors.Qwen2_5_VLProcessor,
         words,
         image_size=image_size,
         max_image_size=max_image_size,

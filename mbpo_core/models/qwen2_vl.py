@@ -14,16 +14,16 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
+from mbpo_core.models import processors
 from mbpo_core.models.base import Pixels, VLMAdapter
 from mbpo_core.models.build import CLIP_MEAN, CLIP_STD, ModelSize, build_word_tokenizer
 from mbpo_core.models.preprocess import normalize, qwen_patchify, resize_bicubic, to_channels_first
-from mbpo_core.models.processors import ImageOnlyQwen2VLProcessor
 
 
 class Qwen2VLAdapter(VLMAdapter):
     family = "qwen2_vl"
     model_class: ClassVar[Any] = Qwen2VLForConditionalGeneration
-    processor_class: ClassVar[Any] = ImageOnlyQwen2VLProcessor
+    processor_class: ClassVar[Any] = processors.Qwen2VLProcessor
     pixel_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "image_grid_thw")
 
     def __init__(self, model: Any, processor: Any) -> None:
@@ -115,7 +115,7 @@ def tiny_processor(
     words: Iterable[str], *, image_size: int, max_image_size: int | None, lowercase: bool
 ) -> Any:
     return qwen_processor(
-        ImageOnlyQwen2VLProcessor,
+        processors.Qwen2VLProcessor,
         words,
         image_size=image_size,
         max_image_size=max_image_size,
