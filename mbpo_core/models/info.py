@@ -22,7 +22,7 @@ FAMILIES: dict[str, str] = {
 
 class ModelDirError(ValueError):
     """The directory is not a usable local model; the message says why, `code` says what kind:
-    not_a_model_dir, remote_code, unknown_family, no_weights, bad_weights."""
+    not_a_model_dir, remote_code, unknown_family, processor_mismatch, no_weights, bad_weights."""
 
     def __init__(self, message: str, code: str = "invalid_model"):
         super().__init__(message)
@@ -80,6 +80,41 @@ def _side_configs_map_code(root: Path) -> bool:
     return False
 
 
+def _tokenizer_ids(data: dict) -> set[int]:
+    """Every token id a `tokenizer.json` can produce (its model's vocabulary and added tokens)."""
+    vocab = (data.get("model") or {}).get("vocab") or {}
+    ids = set(vocab.values()) if isinstance(vocab, dict) else set(range(len(vocab)))  # Unigram: a list
+    return ids | {int(t["id"]) for t in data.get("added_tokens") or [] if "id" in t}
+
+
+def _check_tokenizer_fits(root: Path, config: dict) -> None:
+    """The processor's tokenizer belongs to this model: each of its ids has an embedding row and the
+    model's image token is one of its tokens (a tokenizer copied from another model fails here,
+    not at the first forward pass of a run). Checked when the directory has a `tokenizer.json`."""
+    try:
+        data = json.loads((root / "tokenizer.json").read_text())
+    except (OSError, ValueError):
+        return
+    ids = _tokenizer_ids(data) if isinstance(data, dict) else set()
+    if not ids:
+        return
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    vocab_size = text.get("vocab_size") or config.get("vocab_size")
+    if isinstance(vocab_size, int) and max(ids) >= vocab_size:
+        raise ModelDirError(
+            f"the processor does not match the model: its tokenizer has token ids up to {max(ids)}, "
+            f"the model's vocabulary has {vocab_size}",
+            "processor_mismatch",
+        )
+    image_id = config.get("image_token_id", config.get("image_token_index"))
+    if isinstance(image_id, int) and image_id not in ids:
+        raise ModelDirError(
+            f"the processor does not match the model: the model's image token id {image_id} is not a "
+            "token of its tokenizer",
+            "processor_mismatch",
+        )
+
+
 def inspect_model_dir(path: str | Path) -> ModelInfo:
     root = Path(path)
     config_path = root / "config.json"
@@ -105,6 +140,7 @@ def inspect_model_dir(path: str | Path) -> ModelInfo:
             f"{', '.join(sorted(FAMILIES))}",
             "unknown_family",
         )
+    _check_tokenizer_fits(root, config)
     weights = sorted(p.name for p in root.glob("*.safetensors"))
     if not weights:
         raise ModelDirError("no *.safetensors weights (pickled .bin weights are refused)", "no_weights")

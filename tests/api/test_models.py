@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,34 @@ def test_model_path_outside_roots(client: TestClient, alice: KeyFor, tmp_path: P
     model_dir = ds.write_model_dir(tmp_path / "outside", QWEN)
     resp = client.post("/v1/models", json={"name": "m", "path": str(model_dir)}, headers=alice.headers)
     assert resp.status_code == 422 and resp.json()["error"]["code"] == "path_not_allowed"
+
+
+def _tiny_model_dir(path: Path, family: str, words: list[str]) -> Path:
+    from mbpo_core.models.build import build_model, build_processor
+
+    processor = build_processor(family, words, image_size=56)
+    build_model(family, processor, "tiny").save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def test_a_processor_of_another_model_is_refused(client: TestClient, alice: KeyFor, data_root: Path) -> None:
+    qwen = _tiny_model_dir(data_root / "qwen", "qwen2_vl", ["red"])
+    resp = client.post("/v1/models", json={"name": "ok", "path": str(qwen)}, headers=alice.headers)
+    assert resp.status_code == 201, resp.text
+    # A bigger vocabulary than the model's embedding, then a tokenizer without the image token.
+    big = _tiny_model_dir(data_root / "big", "qwen2_vl", [f"w{i}" for i in range(50)])
+    (qwen / "tokenizer.json").write_bytes((big / "tokenizer.json").read_bytes())
+    resp = client.post("/v1/models", json={"name": "m", "path": str(qwen)}, headers=alice.headers)
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "processor_mismatch"
+    assert "vocabulary" in resp.json()["error"]["message"]
+    llava = _tiny_model_dir(data_root / "llava", "llava", ["red"])
+    tokenizer = json.loads((llava / "tokenizer.json").read_text())
+    image_id = json.loads((llava / "config.json").read_text())["image_token_index"]
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["id"] != image_id]
+    tokenizer["model"]["vocab"] = {k: v for k, v in tokenizer["model"]["vocab"].items() if v != image_id}
+    (llava / "tokenizer.json").write_text(json.dumps(tokenizer))
+    resp = client.post("/v1/models", json={"name": "m", "path": str(llava)}, headers=alice.headers)
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "processor_mismatch"
+    assert "image token" in resp.json()["error"]["message"]
+    assert [m["name"] for m in client.get("/v1/models", headers=alice.headers).json()["data"]] == ["ok"]
