@@ -21,7 +21,7 @@ class ModelRead(BaseModel):
     id: str
     name: str
     path: str
-    family: str = Field(description="qwen2_vl, qwen2_5_vl or llava")
+    family: str = Field(description="The model family (docs/models.md lists the supported ones).")
     model_type: str
     architectures: list[str]
     param_count: int
