@@ -8,12 +8,22 @@ never a silently ignored setting. This module must stay free of torch (the API i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 NullImage = Literal["gray", "noise", "blur"]
+# Integers and booleans are strict ("20" or true is not a step count); floats accept what YAML gives
+# ("1e-5" is a string to YAML 1.1) but never NaN or infinity.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# Ceilings that keep one run spec from exhausting a worker host (issue: bounded input). Generous for
+# real runs; a run needing more is not one host's job anyway.
+MAX_BATCH = 4096
+MAX_TOKENS = 32768
+MAX_STEPS = 1_000_000
+MAX_SAMPLES = 100_000_000
+MAX_GROUP_ANSWERS_PER_RUN = 1_000_000_000  # max_steps * prompts_per_step * num_generations
 
 
 class _Section(BaseModel):
@@ -28,30 +38,34 @@ class IIGConfig(_Section):
         description="Neutral image replacing the real one. 'gray' keeps token positions and carries no "
         "content; 'noise' and 'blur' are alternatives for models that read gray as a cue.",
     )
-    keep_fraction: float = Field(
+    keep_fraction: FiniteFloat = Field(
         0.5,
         gt=0,
         le=1,
         description="Share of the offline pool kept, highest IIG first: the samples whose ground truth "
         "truly needs the image are the ones worth attacking.",
     )
-    min_iig: float | None = Field(
+    min_iig: FiniteFloat | None = Field(
         None,
         description="Absolute IIG threshold; when set it replaces keep_fraction.",
     )
-    batch_size: int = Field(16, ge=1, description="Samples per teacher-forced forward pass.")
+    batch_size: StrictInt = Field(
+        16, ge=1, le=MAX_BATCH, description="Samples per teacher-forced forward pass."
+    )
 
 
 class AttackConfig(_Section):
     """Projected gradient descent on the clean image (docs/method.md §2)."""
 
-    eps: float = Field(
+    eps: FiniteFloat = Field(
         8 / 255, gt=0, le=1, description="L-inf budget in [0,1] pixel space (8/255 is invisible)."
     )
-    step_size: float = Field(2 / 255, gt=0, le=1, description="Size of each sign-gradient step.")
-    steps: int = Field(10, ge=1, le=1000, description="PGD iterations.")
-    random_start: bool = Field(False, description="Start from a uniform point in the eps-ball.")
-    batch_size: int = Field(8, ge=1, description="Images attacked together (same-size images are bucketed).")
+    step_size: FiniteFloat = Field(2 / 255, gt=0, le=1, description="Size of each sign-gradient step.")
+    steps: StrictInt = Field(10, ge=1, le=1000, description="PGD iterations.")
+    random_start: StrictBool = Field(False, description="Start from a uniform point in the eps-ball.")
+    batch_size: StrictInt = Field(
+        8, ge=1, le=MAX_BATCH, description="Images attacked together (same-size images are bucketed)."
+    )
 
     @model_validator(mode="after")
     def _step_within_budget(self) -> AttackConfig:
@@ -63,13 +77,15 @@ class AttackConfig(_Section):
 class MiningConfig(_Section):
     """Hard-negative mining on the perturbed image (docs/method.md §3)."""
 
-    max_new_tokens: int = Field(16, ge=1, le=512, description="Decode budget for the rejected answer.")
-    do_sample: bool = Field(False, description="Greedy decoding (default) makes mining reproducible.")
-    limit: int | None = Field(None, ge=1, description="Cap on pool samples considered (after IIG filter).")
-    random_noise_baseline: bool = Field(
+    max_new_tokens: StrictInt = Field(16, ge=1, le=512, description="Decode budget for the rejected answer.")
+    do_sample: StrictBool = Field(False, description="Greedy decoding (default) makes mining reproducible.")
+    limit: StrictInt | None = Field(
+        None, ge=1, le=MAX_SAMPLES, description="Cap on pool samples considered (after IIG filter)."
+    )
+    random_noise_baseline: StrictBool = Field(
         True, description="Also attack with uniform sign noise of the same budget, for comparison."
     )
-    attack_clean_wrong: bool = Field(
+    attack_clean_wrong: StrictBool = Field(
         False,
         description="Also attack the samples the model already answers wrongly on the clean image and "
         "keep their pairs (chosen = the ground truth, rejected = the answer on the perturbed image). "
@@ -77,7 +93,7 @@ class MiningConfig(_Section):
         "attack on correctly answered samples never reaches. Attack success and prior agreement "
         "rates are still computed over correctly answered samples only.",
     )
-    balance_yes_no: bool = Field(
+    balance_yes_no: StrictBool = Field(
         True,
         description="Keep as many yes/no pairs whose chosen answer is 'yes' as 'no' (highest IIG first). "
         "An attack hides evidence far more easily than it invents it, so unbalanced pairs are mostly "
@@ -89,10 +105,10 @@ class MiningConfig(_Section):
 class LoraConfig(_Section):
     """Parameter-efficient fine-tuning with peft."""
 
-    enabled: bool = Field(True, description="Train LoRA adapters instead of all weights.")
-    r: int = Field(16, ge=1, description="Adapter rank.")
-    alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    enabled: StrictBool = Field(True, description="Train LoRA adapters instead of all weights.")
+    r: StrictInt = Field(16, ge=1, le=1024, description="Adapter rank.")
+    alpha: StrictInt = Field(32, ge=1, le=4096, description="Adapter scaling numerator (scale = alpha / r).")
+    dropout: FiniteFloat = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Language-model linear layers that get adapters (the vision tower is never adapted).",
@@ -102,7 +118,7 @@ class LoraConfig(_Section):
 class TrainConfig(_Section):
     """Hybrid offline/online GRPO (docs/method.md §4-5)."""
 
-    offline_fraction: float = Field(
+    offline_fraction: FiniteFloat = Field(
         0.5,
         ge=0,
         le=1,
@@ -113,33 +129,42 @@ class TrainConfig(_Section):
         description="Importance ratio for off-policy offline answers: 'on_policy' treats them as sampled "
         "by the current policy (ratio starts at 1); 'luffy' shapes it as p/(p+0.1) without clipping.",
     )
-    num_generations: int = Field(
-        4, ge=2, description="Group size G (offline groups: chosen, rejected, G-2 samples)."
+    num_generations: StrictInt = Field(
+        4, ge=2, le=256, description="Group size G (offline groups: chosen, rejected, G-2 samples)."
     )
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of online answers.")
-    max_completion_length: int = Field(16, ge=1, description="Token budget of a sampled answer.")
-    beta: float = Field(0.04, ge=0, description="KL coefficient to the frozen reference model.")
-    epsilon: float = Field(0.2, gt=0, description="PPO clip range of the ratio.")
+    temperature: FiniteFloat = Field(1.0, gt=0, le=10, description="Sampling temperature of online answers.")
+    max_completion_length: StrictInt = Field(
+        16, ge=1, le=MAX_TOKENS, description="Token budget of a sampled answer."
+    )
+    beta: FiniteFloat = Field(0.04, ge=0, le=100, description="KL coefficient to the frozen reference model.")
+    epsilon: FiniteFloat = Field(0.2, gt=0, le=10, description="PPO clip range of the ratio.")
     loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field("dapo", description="TRL's loss normalisation.")
-    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
+    learning_rate: FiniteFloat = Field(1e-5, gt=0, le=1, description="Peak learning rate (AdamW).")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="Learning-rate schedule."
     )
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    max_steps: int = Field(100, ge=1, description="Optimiser steps.")
-    prompts_per_step: int = Field(4, ge=1, description="Groups (prompts) per optimiser step.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
-    save_steps: int = Field(25, ge=1, description="Checkpoint every N steps (and at the end).")
-    keep_checkpoints: int | None = Field(
+    warmup_steps: StrictInt = Field(0, ge=0, le=MAX_STEPS, description="Linear warm-up steps.")
+    max_steps: StrictInt = Field(100, ge=1, le=MAX_STEPS, description="Optimiser steps.")
+    prompts_per_step: StrictInt = Field(
+        4, ge=1, le=MAX_BATCH, description="Groups (prompts) per optimiser step."
+    )
+    gradient_accumulation_steps: StrictInt = Field(
+        1, ge=1, le=MAX_BATCH, description="Micro-batches per optimiser step."
+    )
+    save_steps: StrictInt = Field(
+        25, ge=1, le=MAX_STEPS, description="Checkpoint every N steps (and at the end)."
+    )
+    keep_checkpoints: StrictInt | None = Field(
         None,
         ge=1,
+        le=1000,
         description="Keep only the newest N checkpoints (None keeps all; each holds a full model).",
     )
-    gradient_checkpointing: bool = Field(
+    gradient_checkpointing: StrictBool = Field(
         True, description="Recompute activations in the backward pass to save GPU memory; always off on CPU."
     )
     lora: LoraConfig = Field(default_factory=lambda: LoraConfig.model_validate({}))
-    freeze_vision: bool = Field(
+    freeze_vision: StrictBool = Field(
         True, description="Keep the vision tower frozen (the usual and cheaper choice)."
     )
 
@@ -160,6 +185,12 @@ class TrainConfig(_Section):
                 "LoRA never adapts the "
                 "vision tower"
             )
+        answers = self.max_steps * self.prompts_per_step * self.num_generations
+        if answers > MAX_GROUP_ANSWERS_PER_RUN:
+            raise ValueError(
+                f"train.max_steps * prompts_per_step * num_generations = {answers:,} answers; at most "
+                f"{MAX_GROUP_ANSWERS_PER_RUN:,} per run"
+            )
         if self.warmup_steps >= self.max_steps and self.warmup_steps > 0:
             raise ValueError("train.warmup_steps must be smaller than train.max_steps")
         return self
@@ -168,16 +199,22 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     """POPE-style and VQA evaluation (docs/method.md §6)."""
 
-    limit: int | None = Field(None, ge=1, description="Samples per split (yes/no balance kept).")
-    batch_size: int = Field(32, ge=1, description="Samples per generation batch.")
-    max_new_tokens: int = Field(8, ge=1, description="Decode budget for close-ended answers.")
-    attack_eval: bool = Field(True, description="Also measure attack success of a fresh PGD on the model.")
+    limit: StrictInt | None = Field(
+        None, ge=1, le=MAX_SAMPLES, description="Samples per split (yes/no balance kept)."
+    )
+    batch_size: StrictInt = Field(32, ge=1, le=MAX_BATCH, description="Samples per generation batch.")
+    max_new_tokens: StrictInt = Field(
+        8, ge=1, le=MAX_TOKENS, description="Decode budget for close-ended answers."
+    )
+    attack_eval: StrictBool = Field(
+        True, description="Also measure attack success of a fresh PGD on the model."
+    )
 
 
 class MBPOConfig(_Section):
     """A whole MBPO run: score -> mine -> train -> evaluate."""
 
-    seed: int = Field(0, description="Seed for every random choice of the run.")
+    seed: StrictInt = Field(0, ge=0, le=2**63 - 1, description="Seed for every random choice of the run.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when present.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto' = bfloat16 on GPU, float32 on CPU."

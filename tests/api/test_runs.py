@@ -129,6 +129,41 @@ def test_create_queues_one_job_and_reads_back(
             "offline_dataset_id",
         ),
         ({"surprise": 1}, 422, "validation_error", "surprise"),
+        # Specs that would take a worker host down are refused, naming the field.
+        ({"config": {"train": {"max_steps": 10**12}}}, 422, "validation_error", "config.train.max_steps"),
+        (
+            {"config": {"train": {"num_generations": 10**6}}},
+            422,
+            "validation_error",
+            "config.train.num_generations",
+        ),
+        (
+            {"config": {"train": {"prompts_per_step": 10**6}}},
+            422,
+            "validation_error",
+            "config.train.prompts_per_step",
+        ),
+        (
+            {"config": {"train": {"learning_rate": 1e308}}},
+            422,
+            "validation_error",
+            "config.train.learning_rate",
+        ),
+        (
+            {"config": {"train": {"learning_rate": float("inf")}}},
+            422,
+            "validation_error",
+            "config.train.learning_rate",
+        ),
+        ({"config": {"train": {"max_steps": "20"}}}, 422, "validation_error", "config.train.max_steps"),
+        ({"config": {"mining": {"do_sample": 1}}}, 422, "validation_error", "config.mining.do_sample"),
+        ({"config": {"seed": 2**70}}, 422, "validation_error", "config.seed"),
+        (
+            {"config": {"train": {"max_steps": 1_000_000, "prompts_per_step": 4096, "num_generations": 256}}},
+            422,
+            "validation_error",
+            "config.train",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_4xx_and_queues_nothing(
@@ -143,7 +178,10 @@ def test_bad_input_is_a_clear_4xx_and_queues_nothing(
     field: str,
 ) -> None:
     before = gpu_queue()
-    response = client.post("/v1/runs", json=_body(refs, **change), headers=alice.headers)
+    # Python's own encoder: it writes Infinity, which a client may send and the API must refuse.
+    content = json.dumps(_body(refs, **change))
+    headers = {**alice.headers, "Content-Type": "application/json"}
+    response = client.post("/v1/runs", content=content, headers=headers)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] == code and error["field"].startswith(field)
