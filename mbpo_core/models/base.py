@@ -22,6 +22,12 @@ import torch
 # A batch of images as float pixels in [0, 1], shape (B, H, W, 3); all images of a batch share H, W.
 Pixels = torch.Tensor
 
+# Submodule names of the vision side across the supported families: the encoder (Qwen `visual`,
+# LLaVA / Gemma 3 / InternVL `vision_tower`, Idefics3 / SmolVLM `vision_model`), which
+# `train.freeze_vision` freezes, and the projector into the language model. LoRA adapts neither.
+VISION_ENCODERS = ("visual", "vision_tower", "vision_model")
+VISION_PROJECTORS = ("multi_modal_projector", "connector")
+
 
 class VLMAdapter(ABC):
     family: ClassVar[str]
@@ -64,6 +70,31 @@ class VLMAdapter(ABC):
     def num_image_tokens(self, height: int, width: int) -> int:
         """How many image placeholder tokens an image of this raw size occupies in the prompt."""
 
+    def image_sequence(self, height: int, width: int) -> str:
+        """The prompt text one image placeholder expands to, as the processor expands it. Default:
+        `num_image_tokens` copies of the image token; families with begin/end markers or per-tile
+        tokens (InternVL, Gemma 3, Idefics3) override it."""
+        return self.image_token * self.num_image_tokens(height, width)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Where an answer ends: the tokenizer's end token and every id the checkpoint's generation
+        config names (Gemma 3 ends turns with `<end_of_turn>`, not its tokenizer's `<eos>`)."""
+        ids: list[int] = []
+        for value in (
+            self.tokenizer.eos_token_id,
+            getattr(self.model.generation_config, "eos_token_id", None),
+        ):
+            for token in value if isinstance(value, list | tuple) else [value]:
+                if isinstance(token, int) and token not in ids:
+                    ids.append(token)
+        return ids
+
+    def answer_text(self, decoded: str) -> str:
+        """The answer in a decoded completion, as verifiers and users should see it. Default: the
+        text itself; reasoning families drop their thinking block (Qwen3-VL Thinking)."""
+        return decoded.strip()
+
     def text_kwargs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra text-side model kwargs derived from the token ids (Qwen: its M-RoPE token types)."""
         return {}
@@ -77,8 +108,7 @@ class VLMAdapter(ABC):
 
     def prompt_ids(self, question: str, height: int, width: int) -> list[int]:
         """Token ids of the prompt with the image placeholder expanded, as the processor expands it."""
-        text = self.prompt_text(question)
-        text = text.replace(self.image_token, self.image_token * self.num_image_tokens(height, width))
+        text = self.prompt_text(question).replace(self.image_token, self.image_sequence(height, width))
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def answer_ids(self, answer: str) -> list[int]:
@@ -147,7 +177,7 @@ class VLMAdapter(ABC):
         temperature: float = 1.0,
         top_p: float = 1.0,
     ) -> list[str]:
-        """Decoded answers (special tokens stripped, whitespace trimmed), one per image."""
+        """Decoded answers (special tokens stripped, `answer_text` applied), one per image."""
         if len(questions) != pixels.shape[0]:
             raise ValueError("pixels and questions must have the same batch size")
         height, width = int(pixels.shape[1]), int(pixels.shape[2])
@@ -164,8 +194,10 @@ class VLMAdapter(ABC):
             **self._model_pixel_inputs(pixels),
             max_new_tokens=max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.stop_token_ids,
             **sampling,
         )
         new_tokens = output[:, input_ids.shape[1] :]
-        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return [
+            self.answer_text(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        ]

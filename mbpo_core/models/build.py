@@ -7,8 +7,8 @@ with `save_pretrained` + `processor.save_pretrained` gives a directory `load_ada
 downloaded model.
 
 What is common lives here (the tokenizer, the size presets); what a family needs lives in its own
-module, beside its adapter: `tiny_processor(words, image_size=, max_image_size=, lowercase=)` and
-`tiny_config(processor, size)`.
+module, beside its adapter: `tiny_processor(words, image_size=, max_image_size=, lowercase=)`,
+`tiny_config(processor, size)` and optionally `tiny_init(model)` (adjust a fresh random model).
 """
 
 from __future__ import annotations
@@ -176,6 +176,8 @@ def build_model(
             model = model_class(config)
     finally:
         torch.set_default_dtype(default_dtype)
+    if (init := getattr(module, "tiny_init", None)) is not None:
+        init(model)  # a family whose HF init leaves a random model blind (Gemma 3: zero projection)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     return model.eval()

@@ -16,7 +16,14 @@ from pathlib import Path
 FAMILIES: dict[str, str] = {
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_5_vl",
+    "qwen3_vl": "qwen3_vl",
+    "qwen3_vl_moe": "qwen3_vl_moe",
     "llava": "llava",
+    "llava_onevision": "llava_onevision",
+    "internvl": "internvl",
+    "gemma3": "gemma3",
+    "idefics3": "idefics3",
+    "smolvlm": "smolvlm",
 }
 
 
@@ -98,8 +105,8 @@ def _check_tokenizer_fits(root: Path, config: dict) -> None:
     ids = _tokenizer_ids(data) if isinstance(data, dict) else set()
     if not ids:
         return
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
-    vocab_size = text.get("vocab_size") or config.get("vocab_size")
+    text = config.get("text_config")
+    vocab_size = (text.get("vocab_size") if isinstance(text, dict) else None) or config.get("vocab_size")
     if isinstance(vocab_size, int) and max(ids) >= vocab_size:
         raise ModelDirError(
             f"the processor does not match the model: its tokenizer has token ids up to {max(ids)}, "

@@ -162,3 +162,144 @@ def qwen_patchify(
     x = x.permute(0, 2, 5, 3, 6, 1, 4, 7)
     x = x.unsqueeze(-3).expand(*x.shape[:6], temporal_patch_size, patch_size, patch_size)
     return x.reshape(b * gh * gw, c * temporal_patch_size * patch_size * patch_size)
+
+
+# ---- PIL BILINEAR (Gemma 3) ----------------------------------------------------------------------
+
+
+def _pil_triangle(x: np.ndarray) -> np.ndarray:
+    """PIL's bilinear (triangle) kernel."""
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+@lru_cache(maxsize=64)
+def pil_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 matrix: PIL's BILINEAR resampling along one axis, built exactly like
+    `pil_bicubic_weights` (support widened when downscaling, renormalised, 22-bit fixed point) with
+    the triangle kernel of support 1."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    weights = np.zeros((out_size, in_size))
+    for out in range(out_size):
+        center = (out + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        taps = np.arange(lo, hi)
+        k = _pil_triangle((taps - center + 0.5) / filterscale)
+        if k.sum() != 0.0:
+            k = k / k.sum()
+        fixed = np.trunc(k * (1 << _PIL_PRECISION_BITS) + np.where(k < 0, -0.5, 0.5))
+        weights[out, lo:hi] = fixed / (1 << _PIL_PRECISION_BITS)
+    return weights
+
+
+@lru_cache(maxsize=256)
+def pil_bilinear_pass_order(in_h: int, in_w: int, out_h: int, out_w: int) -> tuple[str, str]:
+    """`pil_pass_order` for BILINEAR: one probe resize with the installed Pillow (cached per size pair)."""
+    if in_h == out_h or in_w == out_w:
+        return ("horizontal", "vertical")
+    probe = np.random.default_rng(0).integers(0, 256, (in_h, in_w), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(probe).resize((out_w, out_h), Image.Resampling.BILINEAR))
+    w, h = pil_bilinear_weights(in_w, out_w), pil_bilinear_weights(in_h, out_h)
+    vertical_first = _round_like_pil(_round_like_pil(h @ probe) @ w.T)
+    return (
+        ("vertical", "horizontal") if np.array_equal(vertical_first, expected) else ("horizontal", "vertical")
+    )
+
+
+def resize_bilinear(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, 3, H, W) in [0,1] -> (B, 3, height, width) in [0,1], bit-exact with PIL's BILINEAR resize
+    of the uint8 image (what the HF *ImageProcessorPil classes with resample=BILINEAR do), with the
+    same two rounded passes and straight-through rounding as `resize_bicubic`."""
+    in_h, in_w = images.shape[-2:]
+    if (in_h, in_w) == (height, width):
+        return images
+    values = images.double() * 255.0
+    nearest = torch.round(values)
+    values = values + (torch.where((values - nearest).abs() < 1e-3, nearest, values) - values).detach()
+    w = torch.from_numpy(pil_bilinear_weights(in_w, width)).to(values.device)
+    h = torch.from_numpy(pil_bilinear_weights(in_h, height)).to(values.device)
+    passes = {
+        "horizontal": lambda v: _round_to_uint8_straight_through(v @ w.T) if in_w != width else v,
+        "vertical": lambda v: _round_to_uint8_straight_through(h @ v) if in_h != height else v,
+    }
+    for axis in pil_bilinear_pass_order(in_h, in_w, height, width):
+        values = passes[axis](values)
+    return (values / 255.0).to(images.dtype)
+
+
+# ---- PIL LANCZOS (Idefics3, SmolVLM) -------------------------------------------------------------
+
+
+def _pil_sinc(x: float) -> float:
+    if x == 0.0:
+        return 1.0
+    x = x * np.pi
+    return float(np.sin(x)) / x
+
+
+def _pil_lanczos(x: float) -> float:
+    """PIL's LANCZOS kernel: sinc windowed by sinc(x / 3), support 3 (half-open, as in Resample.c)."""
+    return _pil_sinc(x) * _pil_sinc(x / 3.0) if -3.0 <= x < 3.0 else 0.0
+
+
+@lru_cache(maxsize=64)
+def pil_lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 matrix: PIL's LANCZOS resampling along one axis, computed in the
+    same order of double operations as Pillow's `precompute_coeffs` (scalar kernel, sequential sum,
+    support widened by the downscale factor) and rounded to its 22-bit fixed-point coefficients."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    ss = 1.0 / filterscale
+    weights = np.zeros((out_size, in_size))
+    for out in range(out_size):
+        center = (out + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        k = [_pil_lanczos((x - center + 0.5) * ss) for x in range(lo, hi)]
+        total = 0.0
+        for value in k:
+            total += value
+        for i, value in enumerate(k):
+            v = value / total if total != 0.0 else value
+            fixed = int(v * (1 << _PIL_PRECISION_BITS) + (-0.5 if v < 0 else 0.5))
+            weights[out, lo + i] = fixed / (1 << _PIL_PRECISION_BITS)
+    return weights
+
+
+@lru_cache(maxsize=256)
+def pil_lanczos_pass_order(in_h: int, in_w: int, out_h: int, out_w: int) -> tuple[str, str]:
+    """`pil_pass_order` for LANCZOS: one probe resize with the installed Pillow (cached per size pair)."""
+    if in_h == out_h or in_w == out_w:
+        return ("horizontal", "vertical")
+    probe = np.random.default_rng(0).integers(0, 256, (in_h, in_w), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(probe).resize((out_w, out_h), Image.Resampling.LANCZOS))
+    w, h = pil_lanczos_weights(in_w, out_w), pil_lanczos_weights(in_h, out_h)
+    vertical_first = _round_like_pil(_round_like_pil(h @ probe) @ w.T)
+    return (
+        ("vertical", "horizontal") if np.array_equal(vertical_first, expected) else ("horizontal", "vertical")
+    )
+
+
+def resize_lanczos(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, 3, H, W) in [0,1] -> (B, 3, height, width) in [0,1], bit-exact with PIL's LANCZOS resize
+    of the uint8 image (what the HF *ImageProcessorPil classes with resample=LANCZOS do: Idefics3,
+    SmolVLM), with the same two rounded passes and straight-through rounding as `resize_bicubic`."""
+    in_h, in_w = images.shape[-2:]
+    if (in_h, in_w) == (height, width):
+        return images
+    values = images.double() * 255.0
+    nearest = torch.round(values)
+    values = values + (torch.where((values - nearest).abs() < 1e-3, nearest, values) - values).detach()
+    w = torch.from_numpy(pil_lanczos_weights(in_w, width)).to(values.device)
+    h = torch.from_numpy(pil_lanczos_weights(in_h, height)).to(values.device)
+    passes = {
+        "horizontal": lambda v: _round_to_uint8_straight_through(v @ w.T) if in_w != width else v,
+        "vertical": lambda v: _round_to_uint8_straight_through(h @ v) if in_h != height else v,
+    }
+    for axis in pil_lanczos_pass_order(in_h, in_w, height, width):
+        values = passes[axis](values)
+    return (values / 255.0).to(images.dtype)

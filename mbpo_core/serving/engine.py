@@ -177,8 +177,7 @@ def prompt_ids(
         raise ServingError("invalid_request", "the chat template dropped or repeated an image")
     expanded = pieces[0]
     for image, piece in zip(images, pieces[1:], strict=True):
-        n = adapter.num_image_tokens(int(image.shape[0]), int(image.shape[1]))
-        expanded += adapter.image_token * n + piece
+        expanded += adapter.image_sequence(int(image.shape[0]), int(image.shape[1])) + piece
     return list(adapter.tokenizer(expanded, add_special_tokens=False)["input_ids"])
 
 
@@ -211,9 +210,17 @@ class _RowDecoder:
     """Incremental text of one row: emits new text, ends the row on end of turn, a stop string,
     its token budget or cancellation."""
 
-    def __init__(self, request: ChatRequest, tokenizer: Any, eos_ids: set[int], prompt_tokens: int):
+    def __init__(
+        self,
+        request: ChatRequest,
+        tokenizer: Any,
+        eos_ids: set[int],
+        prompt_tokens: int,
+        answer_text: Callable[[str], str] = str.lstrip,
+    ):
         self.request = request
         self.tokenizer = tokenizer
+        self.answer_text = answer_text  # the adapter's (a thinking block is never shown)
         self.eos_ids = eos_ids
         self.prompt_tokens = prompt_tokens
         self.tokens: list[int] = []
@@ -232,7 +239,7 @@ class _RowDecoder:
         if token in self.eos_ids:
             self.finish_reason = "stop"
         else:
-            self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+            self.text = self.answer_text(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
             cut = min((i for s in self.request.params.stop if (i := self.text.find(s)) >= 0), default=-1)
             if cut >= 0:
                 self.text = self.text[:cut]
@@ -275,9 +282,11 @@ def generate_batch(adapter: VLMAdapter, requests: Sequence[ChatRequest]) -> list
     params = requests[0].params
     sequences = [prompt_ids(adapter, r.messages, r.images) for r in requests]
     tokenizer = adapter.tokenizer
-    eos = tokenizer.eos_token_id
-    eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
-    rows = [_RowDecoder(r, tokenizer, eos_ids, len(s)) for r, s in zip(requests, sequences, strict=True)]
+    eos_ids = set(adapter.stop_token_ids)
+    rows = [
+        _RowDecoder(r, tokenizer, eos_ids, len(s), adapter.answer_text)
+        for r, s in zip(requests, sequences, strict=True)
+    ]
     input_ids, attention_mask = _left_pad(sequences, tokenizer.pad_token_id, adapter.device)
     sampling: dict[str, Any] = {"do_sample": not params.greedy}
     if params.greedy:  # explicit, so a checkpoint's generation_config cannot switch to sampling
@@ -293,7 +302,7 @@ def generate_batch(adapter: VLMAdapter, requests: Sequence[ChatRequest]) -> list
         **_pixel_kwargs(adapter, [img for r in requests for img in r.images]),
         max_new_tokens=max(r.params.max_tokens for r in requests),
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=adapter.stop_token_ids,
         stopping_criteria=StoppingCriteriaList([_RowsDone(rows)]),
         **sampling,
     )

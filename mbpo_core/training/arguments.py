@@ -8,10 +8,10 @@ from typing import Any
 from trl import GRPOConfig
 
 from mbpo_core.config import LoraConfig, TrainConfig
+from mbpo_core.models.base import VISION_ENCODERS, VISION_PROJECTORS
 
-# Submodules of the supported families that belong to the vision side (Qwen `visual`, LLaVA
-# `vision_tower`/`multi_modal_projector`): never adapted by LoRA, frozen unless asked otherwise.
-VISION_MODULE_PATTERN = r".*(visual|vision_tower|multi_modal_projector).*"
+# The vision side of every family (encoder and projector) never gets LoRA adapters.
+VISION_MODULE_PATTERN = rf".*\b({'|'.join(VISION_ENCODERS + VISION_PROJECTORS)})\b.*"
 
 
 def grpo_config(

@@ -19,6 +19,7 @@ from accelerate import PartialState
 from transformers import PrinterCallback
 
 from mbpo_core.config import MBPOConfig
+from mbpo_core.models.base import VISION_ENCODERS
 from mbpo_core.models.device import resolve_device, resolve_dtype
 from mbpo_core.models.loader import load_adapter
 from mbpo_core.training import checkpoint
@@ -27,8 +28,8 @@ from mbpo_core.training.data import build_prompt_dataset, load_prompts, offline_
 from mbpo_core.training.progress import ProgressBridge, ProgressCallback
 from mbpo_core.training.trainer import HybridGRPOTrainer
 
-# Parameters of the vision encoder proper (Qwen `visual.*`, LLaVA `vision_tower.*`).
-VISION_TOWER_PARAMS = re.compile(r"(^|\.)(visual|vision_tower)\.")
+# Parameters of the vision encoder proper (the projector stays trainable in full fine-tuning).
+VISION_TOWER_PARAMS = re.compile(rf"(^|\.)({'|'.join(VISION_ENCODERS)})\.")
 CHECKPOINTS_SUBDIR = "checkpoints"
 FINAL_MODEL_SUBDIR = "model"
 

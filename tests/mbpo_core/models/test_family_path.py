@@ -188,3 +188,35 @@ def test_serving_batches_chat_requests_and_spot_checks(adapters: dict[str, VLMAd
     assert first.text == second.text == expected
     result = spot_check(adapter, image, "is there a red circle", null_image="noise", max_tokens=3)
     assert result.answer == expected and isinstance(result.answer_iig, float)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_vision_side_is_frozen_and_never_gets_lora(model_dirs: dict[str, Path], family: str) -> None:
+    from peft import get_peft_model
+
+    from mbpo_core.models.base import VISION_ENCODERS, VISION_PROJECTORS
+    from mbpo_core.training.arguments import peft_config
+    from mbpo_core.training.session import freeze_vision_tower
+
+    model = load_adapter(model_dirs[family]).model
+    assert freeze_vision_tower(model) > 0
+    vision = [n for n, _ in model.named_parameters() if any(f".{v}." in f".{n}" for v in VISION_ENCODERS)]
+    assert vision and all(not p.requires_grad for n, p in model.named_parameters() if n in vision)
+    assert any(p.requires_grad for n, p in model.named_parameters() if n not in vision)  # the language model
+    adapted = get_peft_model(model, peft_config(LoraConfig(r=4, alpha=8)))
+    lora = [n for n, _ in adapted.named_parameters() if "lora_" in n]
+    assert lora and not [n for n in lora if any(v in n for v in VISION_ENCODERS + VISION_PROJECTORS)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_chat_prompt_expands_images_as_the_adapter_does(
+    adapters: dict[str, VLMAdapter], family: str
+) -> None:
+    from mbpo_core.serving.engine import prompt_ids
+
+    adapter = adapters[family]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "is there a red circle"}]}
+    ]
+    image = to_pixels(random_uint8(*SIZE, seed=4))[0]
+    assert prompt_ids(adapter, messages, [image]) == adapter.prompt_ids("is there a red circle", *SIZE)

@@ -59,7 +59,9 @@ def test_batch_of_images_matches_processor(adapters: dict[str, VLMAdapter], fami
     adapter = adapters[family]
     images = [random_uint8(56, 84, seed=s) for s in range(3)]
     text = [adapter.prompt_text("is there a red circle ?")] * 3
-    theirs = adapter.processor(text=text, images=[Image.fromarray(i) for i in images], return_tensors="pt")
+    # One image list per sample: every processor reads that as a batch (Gemma 3 reads a flat list
+    # as one sample with three images).
+    theirs = adapter.processor(text=text, images=[[Image.fromarray(i)] for i in images], return_tensors="pt")
     ours = adapter.pixel_inputs(to_pixels(*images))
     assert float((ours["pixel_values"] - theirs["pixel_values"]).abs().max()) <= PARITY_TOL
 
