@@ -62,6 +62,27 @@ class ModelSize:
     # carries a 3B model's embedding memory even with a word-level tokenizer.
     vocab_size: int | None = None
 
+    def text_fields(self, tokenizer_size: int) -> dict[str, int]:
+        """The decoder shape in the key names every HF text config uses (families add their own)."""
+        return {
+            "vocab_size": self.vocab_size or tokenizer_size,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.ffn,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "max_position_embeddings": self.max_positions,
+        }
+
+    def vision_fields(self) -> dict[str, int]:
+        """The ViT shape in the key names of CLIP / SigLIP / InternViT / Idefics3 vision configs."""
+        return {
+            "hidden_size": self.v_dim,
+            "intermediate_size": 2 * self.v_dim,
+            "num_hidden_layers": self.v_depth,
+            "num_attention_heads": self.v_heads,
+        }
+
 
 # "tiny" = fast unit tests; "small" ~ the testbed scale; "100m" (97 M for Qwen) and "3b" = benchmarks.
 SIZES: dict[str, ModelSize] = {

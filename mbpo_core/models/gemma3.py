@@ -268,25 +268,16 @@ def tiny_config(processor: Any, s: ModelSize) -> Any:
     head_dim = s.hidden // s.heads
     vision = {
         "model_type": "siglip_vision_model",
-        "hidden_size": s.v_dim,
-        "intermediate_size": 2 * s.v_dim,
-        "num_hidden_layers": s.v_depth,
-        "num_attention_heads": s.v_heads,
+        **s.vision_fields(),
         "image_size": image_size,
         "patch_size": GEMMA3_PATCH,
         "vision_use_head": False,
     }
     text = {
         "model_type": "gemma3_text",
-        "vocab_size": s.vocab_size or len(tokenizer),
-        "hidden_size": s.hidden,
-        "intermediate_size": s.ffn,
-        "num_hidden_layers": s.layers,
-        "num_attention_heads": s.heads,
-        "num_key_value_heads": s.kv_heads,
+        **s.text_fields(len(tokenizer)),
         "head_dim": head_dim,
         "query_pre_attn_scalar": head_dim,
-        "max_position_embeddings": s.max_positions,
         # Gemma 3's 5 local : 1 global layer pattern, with the last layer always global.
         "layer_types": [
             "full_attention" if (i + 1) % 6 == 0 or i == s.layers - 1 else "sliding_attention"

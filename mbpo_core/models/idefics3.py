@@ -231,22 +231,13 @@ def config_kwargs(processor: Any, s: ModelSize) -> dict[str, Any]:
     ids = tokenizer.convert_tokens_to_ids
     tile = int(processor.image_processor.max_image_size["longest_edge"])
     vision = {
-        "hidden_size": s.v_dim,
-        "intermediate_size": 2 * s.v_dim,
-        "num_hidden_layers": s.v_depth,
-        "num_attention_heads": s.v_heads,
+        **s.vision_fields(),
         "image_size": tile,
         "patch_size": PATCH_SIZE,
     }
     text = {
         "model_type": "llama",
-        "vocab_size": s.vocab_size or len(tokenizer),
-        "hidden_size": s.hidden,
-        "intermediate_size": s.ffn,
-        "num_hidden_layers": s.layers,
-        "num_attention_heads": s.heads,
-        "num_key_value_heads": s.kv_heads,
-        "max_position_embeddings": s.max_positions,
+        **s.text_fields(len(tokenizer)),
         "rms_norm_eps": 1e-5,
         "bos_token_id": ids(tokenizer.bos_token),
         "eos_token_id": ids(tokenizer.eos_token),

@@ -202,22 +202,13 @@ def tiny_config(processor: Any, s: ModelSize) -> Any:
     ids = tokenizer.convert_tokens_to_ids
     tile = processor.image_processor.size["height"]
     vision = {
-        "hidden_size": s.v_dim,
-        "intermediate_size": 2 * s.v_dim,
-        "num_hidden_layers": s.v_depth,
-        "num_attention_heads": s.v_heads,
+        **s.vision_fields(),
         "image_size": tile,
         "patch_size": INTERNVL_PATCH,
     }
     text = {
         "model_type": "qwen2",
-        "vocab_size": s.vocab_size or len(tokenizer),
-        "hidden_size": s.hidden,
-        "intermediate_size": s.ffn,
-        "num_hidden_layers": s.layers,
-        "num_attention_heads": s.heads,
-        "num_key_value_heads": s.kv_heads,
-        "max_position_embeddings": s.max_positions,
+        **s.text_fields(len(tokenizer)),
         "bos_token_id": None,
         "eos_token_id": ids(INTERNVL_SPECIAL["im_end"]),
         "pad_token_id": ids(INTERNVL_SPECIAL["pad"]),

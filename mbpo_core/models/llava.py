@@ -114,23 +114,14 @@ def tiny_config(processor: Any, s: ModelSize) -> Any:
     # CLIP vision tower: needs neither torchvision nor the hub.
     vision = {
         "model_type": "clip_vision_model",
-        "hidden_size": s.v_dim,
-        "intermediate_size": 2 * s.v_dim,
-        "num_hidden_layers": s.v_depth,
-        "num_attention_heads": s.v_heads,
+        **s.vision_fields(),
         "image_size": image_size,
         "patch_size": LLAVA_PATCH,
         "projection_dim": s.v_dim,
     }
     text = {
         "model_type": "llama",
-        "vocab_size": s.vocab_size or len(tokenizer),
-        "hidden_size": s.hidden,
-        "intermediate_size": s.ffn,
-        "num_hidden_layers": s.layers,
-        "num_attention_heads": s.heads,
-        "num_key_value_heads": s.kv_heads,
-        "max_position_embeddings": s.max_positions,
+        **s.text_fields(len(tokenizer)),
         "bos_token_id": ids(LLAVA_SPECIAL["bos"]),
         "eos_token_id": ids(LLAVA_SPECIAL["eos"]),
         "pad_token_id": ids(LLAVA_SPECIAL["pad"]),

@@ -286,23 +286,14 @@ def tiny_config(processor: Any, s: ModelSize) -> Any:
     ip = processor.image_processor
     vision = {
         "model_type": "siglip_vision_model",
-        "hidden_size": s.v_dim,
-        "intermediate_size": 2 * s.v_dim,
-        "num_hidden_layers": s.v_depth,
-        "num_attention_heads": s.v_heads,
+        **s.vision_fields(),
         "image_size": int(ip.size["height"]),
         "patch_size": OV_PATCH,
         "vision_use_head": False,
     }
     text = {
         "model_type": "qwen2",
-        "vocab_size": s.vocab_size or len(tokenizer),
-        "hidden_size": s.hidden,
-        "intermediate_size": s.ffn,
-        "num_hidden_layers": s.layers,
-        "num_attention_heads": s.heads,
-        "num_key_value_heads": s.kv_heads,
-        "max_position_embeddings": s.max_positions,
+        **s.text_fields(len(tokenizer)),
         "bos_token_id": None,
         "eos_token_id": ids(OV_SPECIAL["im_end"]),
         "pad_token_id": ids(OV_SPECIAL["pad"]),

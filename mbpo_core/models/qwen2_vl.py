@@ -135,13 +135,7 @@ def qwen_config(family: str, tokenizer: Any, s: ModelSize) -> Any:
     half = head_dim // 2
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
     text = {
-        "vocab_size": s.vocab_size or len(tokenizer),
-        "hidden_size": s.hidden,
-        "intermediate_size": s.ffn,
-        "num_hidden_layers": s.layers,
-        "num_attention_heads": s.heads,
-        "num_key_value_heads": s.kv_heads,
-        "max_position_embeddings": s.max_positions,
+        **s.text_fields(len(tokenizer)),
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
         "bos_token_id": None,
         "eos_token_id": ids(QWEN_SPECIAL["im_end"]),

@@ -166,14 +166,8 @@ def qwen3_config(family: str, tokenizer: Any, s: ModelSize) -> Any:
     half = head_dim // 2
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
     text: dict[str, Any] = {
-        "vocab_size": s.vocab_size or len(tokenizer),
-        "hidden_size": s.hidden,
-        "intermediate_size": s.ffn,
-        "num_hidden_layers": s.layers,
-        "num_attention_heads": s.heads,
-        "num_key_value_heads": s.kv_heads,
+        **s.text_fields(len(tokenizer)),
         "head_dim": head_dim,
-        "max_position_embeddings": s.max_positions,
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 5_000_000.0,
