@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from api.admin import mount_admin
 from api.artefacts.routes import router as artefacts_router
 from api.auth.cache import AuthCache
+from api.body_limits import JsonBodyLimit
 from api.datasets.routes import router as datasets_router
 from api.deps import get_principal
 from api.errors import register_error_handlers
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.sqlalchemy_url, settings.db_pool_size, settings.db_max_overflow
     )
     register_error_handlers(app)
+    app.add_middleware(JsonBodyLimit, settings=settings)
     # Fewer request sessions than pooled connections (see api.limits).
     app.state.db_slot_count = slot_count(settings.db_pool_size, settings.db_max_overflow)
 

@@ -17,7 +17,11 @@ def resolve_allowed_path(raw: str, settings: Settings, *, field: str = "path") -
             code="path_not_allowed",
             field=field,
         )
-    candidate = Path(raw).expanduser()
+    if "\x00" in raw:
+        raise Unprocessable("path contains a NUL byte", code="path_not_allowed", field=field)
+    candidate = Path(
+        raw
+    )  # never expanded: "~user" is not an absolute path, and looking it up probes the host
     if not candidate.is_absolute():
         raise Unprocessable("path must be absolute", code="path_not_allowed", field=field)
     try:

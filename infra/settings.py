@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         description="Server directories datasets and models may be registered from (os.pathsep-separated).",
     )
     max_upload_bytes: int = Field(2048 * MiB, ge=1, description="Largest accepted upload request body.")
+    max_json_bytes: int = Field(
+        1 * MiB,
+        ge=1024,
+        description="Largest JSON request body (chat completions and spot-checks get room for their "
+        "inline images on top); refused with 413 before it is parsed.",
+    )
     max_extracted_bytes: int = Field(
         8192 * MiB, ge=1, description="Largest total size of an extracted image zip."
     )

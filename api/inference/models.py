@@ -23,7 +23,7 @@ from api.ttl_cache import TTLCache
 # `run:<id>` means, and a deleted model stops resolving, within this many seconds.
 RESOLVE_CACHE_SECONDS = 5.0
 
-_NAME = re.compile(r"^(?:model:(?P<model>[\w-]+)|run:(?P<run>[\w-]+)(?:@(?P<step>\d+))?)$")
+_NAME = re.compile(r"^(?:model:(?P<model>[\w-]+)|run:(?P<run>[\w-]+)(?:@(?P<step>\d{1,18}))?)$")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from api.runs.schemas import (
     RunRead,
 )
 from api.runs.stream import event_stream
+from infra.db.base import INT64_MAX
 from infra.runs.lifecycle import RunStatus
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -106,7 +107,7 @@ def list_events(
     run_id: RunId,
     session: SessionDep,
     principal: PrincipalDep,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger seq.")] = 0,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX, description="Only events with a larger seq.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> EventPage:
     events = service.list_events(session, principal, run_id, after, limit)
@@ -119,7 +120,7 @@ def list_events(
 def _parse_last_event_id(value: str | None) -> int | None:
     if value is None or value == "":
         return None
-    if not value.isdigit():
+    if not value.isdigit() or int(value) > INT64_MAX:
         raise Unprocessable(
             "Last-Event-ID must be an event seq (a number)", code="validation_error", field="Last-Event-ID"
         )
@@ -137,7 +138,7 @@ async def stream_events(
     settings: SettingsDep,
     factory: FactoryDep,
     after: Annotated[
-        int | None, Query(ge=0, description="Start after this seq (Last-Event-ID wins).")
+        int | None, Query(ge=0, le=INT64_MAX, description="Start after this seq (Last-Event-ID wins).")
     ] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
 ) -> StreamingResponse:
@@ -239,7 +240,7 @@ def _tar_stream(members: list[tuple[bytes, Path, int]]) -> Iterator[bytes]:
 )
 def download_checkpoint(
     run_id: RunId,
-    step: Annotated[int, PathParam(ge=0)],
+    step: Annotated[int, PathParam(ge=0, le=INT64_MAX)],
     session: SessionDep,
     principal: PrincipalDep,
     settings: SettingsDep,

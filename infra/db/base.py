@@ -26,6 +26,11 @@ NAMING_CONVENTION = {
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
+# The largest value of a BIGINT column: a bigger integer in a query overflows the driver (a 500),
+# so every integer a client sends for a seq, a step or a seed is bounded by it first.
+INT64_MAX = 2**63 - 1
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite hands back naive values)."""
 

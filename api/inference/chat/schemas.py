@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from infra.db.base import INT64_MAX
+
 
 class TextPart(BaseModel):
     type: Literal["text"]
@@ -50,7 +52,9 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, description="Alias of max_tokens (newer clients).")
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy decoding; default 1.")
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = Field(None, description="Makes sampling reproducible (such requests are not batched).")
+    seed: int | None = Field(
+        None, ge=0, le=INT64_MAX, description="Makes sampling reproducible (such requests are not batched)."
+    )
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
