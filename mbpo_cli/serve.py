@@ -4,13 +4,14 @@ Heavy imports happen inside the commands."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -49,17 +50,26 @@ def _start_worker() -> subprocess.Popen[bytes]:
         "--concurrency",
         "1",
     ]
-    return subprocess.Popen(cmd, env=os.environ.copy())
+    # Its own session: a Ctrl-C in the terminal reaches `mbpo serve` only, which then stops the
+    # worker in order; and the worker's pool children share its process group, so none outlives it.
+    return subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+
+
+# How long a stopping worker may take to bring its run to a safe point (a checkpoint) and hand it
+# back; a training step or a mining batch of the testbed takes seconds.
+WORKER_STOP_GRACE_SECONDS = 60.0
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the worker (a warm shutdown: its run is handed back, worker.shutdown), then, after
+    the grace period or once it exited, SIGKILL to whatever is left of its process group."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=WORKER_STOP_GRACE_SECONDS)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 class LocalWorker:
@@ -88,6 +98,10 @@ class LocalWorker:
         self._stopping.set()
         _stop(self._proc)
         self._watcher.join(timeout=5)
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _register_demo(testbed: Path, host: str, port: int) -> None:
@@ -140,6 +154,9 @@ def serve(
             _register_demo(demo, host, port)
     typer.echo(f"API: http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)", err=False)
     local_worker = LocalWorker() if worker else None
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again; without a handler of ours
+    # that would kill this process before the `finally` stops the worker (an orphan).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
     finally:

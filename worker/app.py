@@ -1,6 +1,6 @@
 """The worker's Celery application: `infra.jobs`' shared configuration plus the tasks of
-`worker.tasks`, and what starts with a worker process: the run sweeper and the re-sending of
-dataset validations that lost their message.
+`worker.tasks`, what starts with a worker process (the run sweeper, the re-sending of dataset
+validations that lost their message) and what a graceful stop does (worker.shutdown).
 
 Built by `create_worker_app()` (called by `mbpo worker`), never at import time.
 """
@@ -12,13 +12,14 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 import worker.tasks  # noqa: F401  (registers the shared tasks on every app built here)
 from infra.db.session import make_engine, make_session_factory
 from infra.jobs import TaskName, create_celery
 from infra.settings import Settings, get_settings
 from worker.datasets import stale_validations
+from worker.shutdown import clear_stop, request_stop
 from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
 @worker_ready.connect
 def _resend_stale_jobs(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
+    clear_stop(settings)
     engine = make_engine(settings.sqlalchemy_url)  # a private engine: never shared with forked children
     try:
         with make_session_factory(engine)() as session:
@@ -64,6 +66,12 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
 
     _sweeper = Sweeper(get_settings(), send)
     _sweeper.start()
+
+
+@worker_shutting_down.connect
+def _hand_runs_back(**_: Any) -> None:
+    # Warm shutdown began: the running run stops at its next safe point and is handed back.
+    request_stop(get_settings())
 
 
 @worker_shutdown.connect

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -30,12 +31,21 @@ from infra.db.lease import Lease
 from infra.db.models import Artefact, Checkpoint, Dataset, Run
 from infra.events.publish import commit_and_publish
 from infra.events.store import append_event, json_safe
-from infra.runs.lifecycle import ACTIVE, CLAIMABLE, STAGES, RunStatus, overall_progress, transition
+from infra.runs.lifecycle import (
+    ACTIVE,
+    CLAIMABLE,
+    STAGES,
+    RunStatus,
+    overall_progress,
+    release_lease,
+    transition,
+)
 from infra.runs.repository import ExecutionRepository
 from infra.settings import Settings
 from mbpo_core.config import MBPOConfig
 from mbpo_core.pipeline import stages as pipeline
 from mbpo_core.pipeline.stages import PipelineError, RunInputs, RunLayout, StageCancelled, StageProgress
+from worker.shutdown import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +148,7 @@ class RunRecorder:
     _last_event: float = 0.0
     _last_cancel_check: float = 0.0
     _cancel_requested: bool = False
+    shutting_down: bool = False  # this worker is stopping (worker.shutdown): hand the run back
     _started: float = field(default_factory=time.monotonic)
     _progress_at_start: float = 0.0
     _synced_steps: list[int] | None = None  # checkpoint steps last mirrored into the table
@@ -182,6 +193,10 @@ class RunRecorder:
 
     # ---- cancellation and lease ------------------------------------------------------------
 
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
+
     def should_stop(self) -> bool:
         if self.lost.is_set():
             return True
@@ -194,7 +209,8 @@ class RunRecorder:
                 self.lost.set()
                 return True
             self._cancel_requested = row.status == RunStatus.cancelling
-        return self._cancel_requested
+            self.shutting_down = self.shutting_down or stop_requested(self.settings)
+        return self._cancel_requested or self.shutting_down
 
     def check(self) -> None:
         if self.should_stop():
@@ -377,6 +393,25 @@ class RunRecorder:
 
     # ---- the end -----------------------------------------------------------------------------
 
+    def hand_back(self) -> bool:
+        """This worker is stopping: give the lease (and the attempt) back; the run's status stays."""
+        with self.factory() as session:
+            event = release_lease(
+                session,
+                self.run_id,
+                [Run.lease_owner == self.owner],
+                event_type="run_released",
+                message="the worker is stopping; the run continues on the next worker from its checkpoint",
+                data={"worker": self.owner},
+                refund_attempt=True,
+                level="info",
+            )
+            if event is None:
+                session.rollback()
+                return False
+            commit_and_publish(session, self.settings, [event])
+            return True
+
     def finish(self, status: RunStatus, message: str, **values: Any) -> bool:
         values = {
             "finished_at": utcnow(),
@@ -407,10 +442,18 @@ def _size_and_hash(path: Path) -> tuple[int, str | None]:
     return size, digest.hexdigest()
 
 
-def execute_run(factory: sessionmaker[Session], settings: Settings, run_id: str, *, owner: str) -> str | None:
+def execute_run(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    run_id: str,
+    *,
+    owner: str,
+    requeue: Callable[[str], None] | None = None,
+) -> str | None:
     """Run (or continue) run `run_id` to a terminal state. Returns that state, or None when the run
-    was not claimable (a duplicate message, someone else's lease, already finished) or the lease
-    was lost midway."""
+    was not claimable (a duplicate message, someone else's lease, already finished), the lease
+    was lost midway, or this worker is stopping: the run is then handed back (worker.shutdown) and
+    `requeue(run_id)` sends it again."""
     lease = RunLease(
         factory, Run, run_id, owner, timedelta(seconds=settings.lease_seconds), settings.run_stall_seconds
     )
@@ -422,7 +465,7 @@ def execute_run(factory: sessionmaker[Session], settings: Settings, run_id: str,
     with lease.keep_alive() as lost:
         recorder = RunRecorder(factory, settings, run_id, owner, lease, layout, lost)
         try:
-            return _execute(recorder, factory, layout)
+            return _execute(recorder, factory, layout, requeue)
         except LeaseLost:
             log.warning("run %s: lease lost; leaving the run to its new owner", run_id)
             return None
@@ -430,7 +473,12 @@ def execute_run(factory: sessionmaker[Session], settings: Settings, run_id: str,
             pipeline.release_models()
 
 
-def _execute(recorder: RunRecorder, factory: sessionmaker[Session], layout: RunLayout) -> str | None:
+def _execute(
+    recorder: RunRecorder,
+    factory: sessionmaker[Session],
+    layout: RunLayout,
+    requeue: Callable[[str], None] | None,
+) -> str | None:
     recorder.load_state()
     with factory() as session:
         run = ExecutionRepository(session).run(recorder.run_id)
@@ -453,6 +501,10 @@ def _execute(recorder: RunRecorder, factory: sessionmaker[Session], layout: RunL
         if recorder.lost.is_set():
             raise LeaseLost() from None
         recorder.sync_checkpoints()
+        if recorder.shutting_down and not recorder.cancel_requested:
+            if recorder.hand_back() and requeue is not None:
+                requeue(recorder.run_id)
+            return None
         recorder.finish(RunStatus.cancelled, "run cancelled")
         return RunStatus.cancelled
     except PipelineError as exc:

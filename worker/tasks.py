@@ -51,7 +51,11 @@ def execute_run_task(self: Task, run_id: str) -> str | None:
     the sweeper when its lease expires (up to max_attempts)."""
     settings = get_settings()
     factory = get_session_factory(settings.sqlalchemy_url)
-    return execute_run(factory, settings, run_id, owner=worker_identity(self.request.id))
+
+    def requeue(rid: str) -> None:
+        self.app.send_task(TaskName.execute_run.value, args=[rid])
+
+    return execute_run(factory, settings, run_id, owner=worker_identity(self.request.id), requeue=requeue)
 
 
 # Not retried: the requester is waiting now, and a retry after it gave up would decode for nobody.

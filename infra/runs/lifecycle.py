@@ -158,18 +158,37 @@ def transition(
     )
 
 
+def release_lease(
+    session: Session,
+    run_id: str,
+    when: Sequence[Any],
+    *,
+    event_type: str,
+    message: str,
+    data: Mapping[str, Any],
+    refund_attempt: bool = False,
+    level: str = "warning",
+) -> RunEvent | None:
+    """Free the run's lease so another worker continues it from where it stopped; its status is
+    unchanged (the stage it was in). `refund_attempt` gives the attempt back (a graceful stop is
+    not a failure). Returns the event, or None when `when` no longer holds."""
+    values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "eta_seconds": None}
+    if refund_attempt:
+        values["attempt"] = Run.attempt - 1
+    if not update_run(session, run_id, when, values):
+        return None
+    return append_event(session, run_id, event_type, message, level=level, data=dict(data))
+
+
 def release_for_retry(
     session: Session, run_id: str, when: Sequence[Any], *, attempt: int, max_attempts: int
 ) -> RunEvent | None:
-    """The run's worker is gone (its lease expired): free the lease so another worker continues the
-    run from where it stopped. Its status is unchanged (a stage it was in); returns the event."""
-    if not update_run(session, run_id, when, {"lease_owner": None, "lease_expires_at": None}):
-        return None
-    return append_event(
+    """The run's worker is gone (its lease expired): another worker continues it."""
+    return release_lease(
         session,
         run_id,
-        "run_requeued",
-        f"worker lost during attempt {attempt}; re-queued",
-        level="warning",
+        when,
+        event_type="run_requeued",
+        message=f"worker lost during attempt {attempt}; re-queued",
         data={"attempt": attempt, "max_attempts": max_attempts},
     )

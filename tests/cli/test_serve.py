@@ -129,3 +129,44 @@ def test_keys_create_makes_a_working_non_admin_key(served: Served) -> None:
     resp = httpx.get(f"{served.url}/v1/datasets", headers={"Authorization": f"Bearer {key}"}, timeout=5)
     assert resp.status_code == 200
     assert resp.json()["data"] == []  # carol sees none of the admin's datasets
+
+
+def _process_tree(root: int) -> list[int]:
+    """`root` and every process descended from it (read from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, frontier = [root], [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        tree += children
+        frontier += children
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_stops_the_server_and_leaves_no_process_behind(tmp_path: Path) -> None:
+    env = services.service_env(MBPO_HOME=str(tmp_path / "home"))
+    log = tmp_path / "serve.log"
+    proc = services.start_mbpo(["serve", "--port", str(services.free_port())], env, log)
+    try:
+        services.wait_for(lambda: "ready." in log.read_text(errors="replace"), timeout=90, what="worker")
+        tree = _process_tree(proc.pid)
+        assert len(tree) >= 3, tree  # the server, its worker and the worker's pool child
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) != -signal.SIGKILL
+        services.wait_for(lambda: not any(_alive(p) for p in tree), timeout=30, what="every process to exit")
+    finally:
+        services.stop_process_group(proc)

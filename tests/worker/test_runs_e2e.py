@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import signal
 import tarfile
 import time
 from collections import Counter
@@ -281,6 +282,35 @@ def test_killed_worker_is_resumed_by_a_new_one(
     counts = Counter((e["stage"], e["type"]) for e in events)
     assert counts[("training", "stage_started")] == 2  # entered again by attempt 2
     assert [c["step"] for c in client.get(f"/v1/runs/{run_id}/checkpoints").json()] == [2, 4]
+
+
+def test_a_stopping_worker_hands_its_run_back_without_spending_an_attempt(
+    client: httpx.Client, refs: dict[str, Any], stack: rh.Stack
+) -> None:
+    config = rh.quick_config(max_steps=6, save_steps=1)
+    body = _body(refs, "graceful", config, offline=False, evals=["pope_adversarial"])
+    run_id = client.post("/v1/runs", json=body).json()["id"]
+    _wait_step(client, run_id, 2)
+    worker = stack.workers[-1]
+    worker.send_signal(signal.SIGTERM)  # a deploy: warm shutdown of the worker's main process
+    stopped_at = time.monotonic()
+    worker.wait(timeout=60)
+    assert time.monotonic() - stopped_at < 60
+    run = client.get(f"/v1/runs/{run_id}").json()
+    assert run["status"] == "training" and run["attempt"] == 0  # handed back, the attempt refunded
+    events = rh.all_events(client, run_id)
+    assert [e["type"] for e in events].count("run_released") == 1
+    handed_back_at = _train_steps(events)[-1]
+
+    stack.start_worker()  # the re-sent message: no wait for a lease to expire
+    run = rh.wait_status(client, run_id, {"succeeded", "failed"})
+    assert run["status"] == "succeeded", run["error"]
+    assert run["attempt"] == 1  # the whole run on its first attempt's budget
+    events = rh.all_events(client, run_id)
+    types = [e["type"] for e in events]
+    assert "run_requeued" not in types and types.count("run_started") == 2
+    assert _train_steps(events) == list(range(1, 7))  # every step once, resumed after the hand-back
+    assert handed_back_at in [c["step"] for c in client.get(f"/v1/runs/{run_id}/checkpoints").json()]
 
 
 def test_cancel_while_training_then_resume(client: httpx.Client, refs: dict[str, Any]) -> None:
