@@ -50,11 +50,15 @@ class FormSection:
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    """(the base type, whether None is allowed): `StrictInt | None` -> (int, True)."""
+    optional = False
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return args[0], True
-    return annotation, False
+            annotation, optional = args[0], True
+    if typing.get_origin(annotation) is typing.Annotated:  # StrictInt, FiniteFloat: int, float
+        annotation = typing.get_args(annotation)[0]
+    return annotation, optional
 
 
 def _bounds(info: FieldInfo) -> tuple[float | None, float | None]:

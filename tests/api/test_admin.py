@@ -123,3 +123,14 @@ def test_session_tokens_and_redirects() -> None:
     for bad in ("//evil.example/x", "https://evil.example", "/v1/runs", "/admin\\@evil", None):
         assert _safe_next(bad) == "/admin/runs"
     assert _safe_next("/admin/datasets/ds_1") == "/admin/datasets/ds_1"
+
+
+def test_every_config_field_gets_a_typed_form_input() -> None:
+    """The launch form sends numbers and booleans as JSON numbers and booleans (the config refuses
+    "16" for an int): every field of MBPOConfig maps to a typed input, none to free text."""
+    from api.admin.config_form import config_sections
+
+    kinds = {f.path: f.kind for section in config_sections() for f in section.fields}
+    assert "text" not in kinds.values(), [p for p, k in kinds.items() if k == "text"]
+    assert kinds["mining.limit"] == "int" and kinds["iig.min_iig"] == "float"
+    assert kinds["train.lora.enabled"] == "bool"
