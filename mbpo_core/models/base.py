@@ -5,9 +5,11 @@ tensors to the model's own pixel inputs, tested equal to the Hugging Face proces
 IIG, PGD and generation therefore share one preprocessing path.
 
 A family subclass supplies only what differs between families: its HF model and processor
-classes, `pixel_inputs`, and `num_image_tokens`. Prompting, tokenisation, teacher-forced
-log-probs and generation are shared here. Adding a family = adding one module in this package,
-named after the family in `mbpo_core.models.info.FAMILIES`, that defines `ADAPTER`.
+classes, `pixel_inputs`, `num_image_tokens`, and where needed `image_sequence` (markers around the
+image tokens), `text_kwargs` (token types) and `answer_text` (a thinking block). Prompting,
+tokenisation, teacher-forced log-probs and generation are shared here. Adding a family = adding
+one module in this package that defines `ADAPTER` and its tiny builder (`build.py`), and one line
+in `mbpo_core.models.info.FAMILIES` (docs/models.md).
 """
 
 from __future__ import annotations
