@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(
         30, gt=0, description="How often a worker looks for runs whose worker died (expired lease)."
     )
+    outbox_relay_seconds: float = Field(
+        2,
+        gt=0,
+        description="How often a worker sends the jobs left in the outbox (written while the broker "
+        "was unreachable).",
+    )
+    min_free_disk_bytes: int = Field(
+        1024 * MiB,
+        ge=0,
+        description="/readyz reports not ready when the file system of MBPO_HOME has less free space. "
+        "0: no check.",
+    )
     sse_ping_seconds: float = Field(
         15, gt=0, description="Keep-alive comment interval of event streams (also their database re-check)."
     )
@@ -94,6 +106,25 @@ class Settings(BaseSettings):
         gt=0,
         description="A run that reports no progress for this long is presumed hung: its worker stops "
         "renewing the lease, so the sweeper re-queues it (or fails it after max_attempts).",
+    )
+    db_outage_seconds: float = Field(
+        30,
+        ge=0,
+        description="How long a running job waits for an unreachable database (retrying with backoff) "
+        "before it gives the attempt up; a shorter outage costs nothing.",
+    )
+    run_max_seconds: float = Field(
+        0,
+        ge=0,
+        description="Longest wall time of one run attempt; beyond it the run stops with a checkpoint and "
+        "fails with error.code time_budget_exceeded. 0: no limit.",
+    )
+    run_max_memory_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Largest resident memory of a worker process executing a run; beyond it the run stops "
+        "at its next safe point (or is ended at once if it keeps growing) and fails with error.code "
+        "memory_budget_exceeded. Unset: 80% of the host's memory; 0: no limit.",
     )
     inference_allow_image_urls: bool = Field(
         False,
@@ -122,6 +153,20 @@ class Settings(BaseSettings):
     )
     inference_max_batch: int = Field(
         16, ge=1, description="Most waiting requests for one model decoded together by an inference worker."
+    )
+    rate_limit_runs_per_minute: int = Field(
+        60, ge=0, description="Run creations (POST /v1/runs) one API key may make per window; 0: unlimited."
+    )
+    rate_limit_inference_per_minute: int = Field(
+        600,
+        ge=0,
+        description="Chat completions and spot-checks one API key may request per window; 0: unlimited.",
+    )
+    rate_limit_window_seconds: float = Field(
+        60,
+        gt=0,
+        description="Length of the rate limits' fixed window (a minute; shorter only for tests). The "
+        "window of a key starts at its first request.",
     )
     log_level: str = Field("INFO", description="Log level of API and worker.")
 

@@ -9,10 +9,14 @@ artefacts and checkpoints. Plain functions; the Celery task (worker.tasks) is a 
   saves a checkpoint) or the lease is gone.
 - A crash records `error.code`/`error.message`; a dead worker's lease expires and the sweeper
   (worker.sweeper) re-queues the run or fails it after `max_attempts`.
+- Every database write rides through an outage of up to `MBPO_DB_OUTAGE_SECONDS` (each is one short
+  transaction, retried with backoff; the pipeline waits meanwhile). A longer outage ends the attempt
+  without a word: when the database is back, the lease has expired and the sweeper re-queues the run.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -21,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import func
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from infra.db.base import utcnow
 from infra.db.lease import Lease
 from infra.db.models import Artefact, Checkpoint, Dataset, Run
+from infra.db.outage import DatabaseUnavailable, ride_out
 from infra.events.publish import commit_and_publish
 from infra.events.store import append_event, json_safe
 from infra.runs.lifecycle import (
@@ -45,6 +50,7 @@ from infra.settings import Settings
 from mbpo_core.config import MBPOConfig
 from mbpo_core.pipeline import stages as pipeline
 from mbpo_core.pipeline.stages import PipelineError, RunInputs, RunLayout, StageCancelled, StageProgress
+from worker.budget import RunBudget
 from worker.shutdown import stop_requested
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,25 @@ PROGRESS_WRITE_INTERVAL = 1.0  # seconds between progress writes (training steps
 PROGRESS_EVENT_INTERVAL = 5.0  # seconds between stage_progress events (the log stays readable)
 CANCEL_POLL_INTERVAL = 0.05  # seconds between reads of the cancel flag (a quick step can take 0.1 s)
 HASHED_FILE_LIMIT = 256 * 1024 * 1024  # artefacts larger than this get no sha256 (weights)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+RecorderMethod = Callable[Concatenate["RunRecorder", P], R]
+
+
+def _riding_outages(method: RecorderMethod[P, R]) -> RecorderMethod[P, R]:
+    """A recorder method that is one unit of database work: retried while the database is down."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunRecorder, *args: P.args, **kwargs: P.kwargs) -> R:
+        return ride_out(
+            lambda: method(self, *args, **kwargs), self.settings.db_outage_seconds, method.__name__
+        )
+
+    return wrapper
 
 
 # The statuses a run may be in when this worker records how it ended.
@@ -149,10 +174,13 @@ class RunRecorder:
     _last_cancel_check: float = 0.0
     _cancel_requested: bool = False
     shutting_down: bool = False  # this worker is stopping (worker.shutdown): hand the run back
+    budget: RunBudget | None = None
+    over_budget: tuple[str, str] | None = None  # (error code, message) once a budget is exceeded
     _started: float = field(default_factory=time.monotonic)
     _progress_at_start: float = 0.0
     _synced_steps: list[int] | None = None  # checkpoint steps last mirrored into the table
 
+    @_riding_outages
     def load_state(self) -> None:
         with self.factory() as session:
             repo = ExecutionRepository(session)
@@ -164,6 +192,7 @@ class RunRecorder:
 
     # ---- events ----------------------------------------------------------------------------
 
+    @_riding_outages
     def event(
         self,
         type: str,
@@ -177,6 +206,7 @@ class RunRecorder:
             event = append_event(session, self.run_id, type, message, stage=stage, level=level, data=data)
             commit_and_publish(session, self.settings, [event])
 
+    @_riding_outages
     def _transition(self, to: RunStatus, sources: frozenset[RunStatus], message: str, **kwargs: Any) -> bool:
         """`lifecycle.transition` while this worker holds the lease; False when it no longer does
         or the run left `sources` (cancelled meanwhile)."""
@@ -200,17 +230,44 @@ class RunRecorder:
     def should_stop(self) -> bool:
         if self.lost.is_set():
             return True
+        if self.budget is not None and self.over_budget is None:
+            self.over_budget = self.budget.exceeded()
+        if self.over_budget is not None:
+            return True
         now = time.monotonic()
         if not self._cancel_requested and now - self._last_cancel_check >= CANCEL_POLL_INTERVAL:
             self._last_cancel_check = now
-            with self.factory() as session:
-                row = ExecutionRepository(session).status_and_owner(self.run_id)
+            row = self._status_and_owner()
             if row is None or row.lease_owner != self.owner:
                 self.lost.set()
                 return True
             self._cancel_requested = row.status == RunStatus.cancelling
             self.shutting_down = self.shutting_down or stop_requested(self.settings)
         return self._cancel_requested or self.shutting_down
+
+    @_riding_outages
+    def _status_and_owner(self) -> Any:
+        with self.factory() as session:
+            return ExecutionRepository(session).status_and_owner(self.run_id)
+
+    @_riding_outages
+    def renew(self, **values: Any) -> bool:
+        """Renew the lease, writing `values` with it; False when the lease is lost."""
+        return self.lease.renew(**values)
+
+    def holds_lease(self) -> bool:
+        """Asked right before a result or checkpoint is published: a fresh read, not the throttled
+        one of `should_stop`. A database outage beyond the budget answers no (never write blind)."""
+        if self.lost.is_set():
+            return False
+        try:
+            row = self._status_and_owner()
+        except DatabaseUnavailable:
+            return False
+        if row is None or row.lease_owner != self.owner:
+            self.lost.set()
+            return False
+        return True
 
     def check(self) -> None:
         if self.should_stop():
@@ -261,7 +318,7 @@ class RunRecorder:
         if is_step:
             p = replace(p, metrics={k: v for k, v in p.metrics.items() if math.isfinite(v)})
             values["latest_metrics"] = {"step": p.step, **p.metrics}
-        if not self.lease.renew(**values):
+        if not self.renew(**values):
             self.lost.set()
             return
         if is_step:
@@ -287,6 +344,7 @@ class RunRecorder:
             return round((time.monotonic() - self._started) / gained * (1 - progress), 1)
         return round(stage_eta, 1) if stage_eta is not None else None
 
+    @_riding_outages
     def _record_step(self, p: StageProgress, progress: float) -> None:
         assert p.step is not None
         if p.step <= self.recorded_step:
@@ -314,7 +372,7 @@ class RunRecorder:
 
     def complete_stage(self, stage: str, result: dict[str, Any]) -> None:
         self.stage_progress[stage] = 1.0
-        if not self.lease.renew(
+        if not self.renew(
             stage_progress=dict(self.stage_progress), progress=overall_progress(self.stage_progress)
         ):
             raise LeaseLost()
@@ -328,6 +386,7 @@ class RunRecorder:
     def _relative(self, path: Path) -> str:
         return str(path.resolve().relative_to(self.settings.home_dir))
 
+    @_riding_outages
     def register_artefact(self, kind: str, path: Path, meta: dict[str, Any] | None = None) -> None:
         if not path.exists():
             return
@@ -356,6 +415,7 @@ class RunRecorder:
         elif stage == "evaluating":
             self.register_artefact("eval_report", layout.eval_dir / "report.json")
 
+    @_riding_outages
     def sync_checkpoints(self, eval_scores: dict[str, Any] | None = None) -> None:
         """Mirror the complete checkpoints on disk into the table (rotated ones are removed);
         `eval_scores` is attached to the newest one (the model the run publishes)."""
@@ -393,6 +453,7 @@ class RunRecorder:
 
     # ---- the end -----------------------------------------------------------------------------
 
+    @_riding_outages
     def hand_back(self) -> bool:
         """This worker is stopping: give the lease (and the attempt) back; the run's status stays."""
         with self.factory() as session:
@@ -457,19 +518,40 @@ def execute_run(
     lease = RunLease(
         factory, Run, run_id, owner, timedelta(seconds=settings.lease_seconds), settings.run_stall_seconds
     )
-    if not lease.claim(list(CLAIMABLE), started_at=func.coalesce(Run.started_at, utcnow())):
+    claimed = ride_out(
+        lambda: lease.claim(list(CLAIMABLE), started_at=func.coalesce(Run.started_at, utcnow())),
+        settings.db_outage_seconds,
+        "claim",
+    )
+    if not claimed:
         log.info("run %s: not claimable (finished, cancelled, or leased by another worker)", run_id)
         return None
     layout = run_layout(settings, run_id)
     layout.root.mkdir(parents=True, exist_ok=True)
     with lease.keep_alive() as lost:
         recorder = RunRecorder(factory, settings, run_id, owner, lease, layout, lost)
+        # Results reach the run directory only while this worker holds the lease (RunLayout.may_write).
+        recorder.layout = layout = replace(layout, may_write=recorder.holds_lease)
+
+        def end_at_once(code: str, message: str) -> None:  # the budget's last resort (worker.budget)
+            recorder.finish(
+                RunStatus.failed, f"run failed: {message}", error_code=code, error_message=message
+            )
+
+        recorder.budget = RunBudget.from_settings(settings, end_at_once)
+        recorder.budget.start()
         try:
             return _execute(recorder, factory, layout, requeue)
         except LeaseLost:
             log.warning("run %s: lease lost; leaving the run to its new owner", run_id)
             return None
+        except DatabaseUnavailable as exc:
+            # Nothing can be recorded now. The lease expires; once the database is back the sweeper
+            # re-queues the run from its last checkpoint (an attempt spent) or fails it.
+            log.error("run %s: attempt abandoned: %s", run_id, exc)
+            return None
         finally:
+            recorder.budget.stop()
             pipeline.release_models()
 
 
@@ -480,16 +562,18 @@ def _execute(
     requeue: Callable[[str], None] | None,
 ) -> str | None:
     recorder.load_state()
-    with factory() as session:
-        run = ExecutionRepository(session).run(recorder.run_id)
-        assert run is not None
-        attempt = run.attempt
-        try:
-            config = MBPOConfig.model_validate(run.config)
-            inputs = load_inputs(session, run)
-        except (PipelineError, ValueError) as exc:
-            code = exc.code if isinstance(exc, PipelineError) else "invalid_config"
-            return _fail(recorder, code, str(exc))
+
+    def read_run() -> tuple[int, MBPOConfig, RunInputs]:
+        with factory() as session:
+            run = ExecutionRepository(session).run(recorder.run_id)
+            assert run is not None
+            return run.attempt, MBPOConfig.model_validate(run.config), load_inputs(session, run)
+
+    try:
+        attempt, config, inputs = ride_out(read_run, recorder.settings.db_outage_seconds, "read run")
+    except (PipelineError, ValueError) as exc:
+        code = exc.code if isinstance(exc, PipelineError) else "invalid_config"
+        return _fail(recorder, code, str(exc))
     recorder.event(
         "run_started", f"attempt {attempt} started", data={"attempt": attempt, "worker": recorder.owner}
     )
@@ -501,6 +585,8 @@ def _execute(
         if recorder.lost.is_set():
             raise LeaseLost() from None
         recorder.sync_checkpoints()
+        if recorder.over_budget is not None:
+            return _fail(recorder, *recorder.over_budget)
         if recorder.shutting_down and not recorder.cancel_requested:
             if recorder.hand_back() and requeue is not None:
                 requeue(recorder.run_id)
@@ -509,7 +595,7 @@ def _execute(
         return RunStatus.cancelled
     except PipelineError as exc:
         return _fail(recorder, exc.code, exc.message)
-    except LeaseLost:
+    except (LeaseLost, DatabaseUnavailable):
         raise
     except Exception as exc:
         log.exception("run %s: crashed", recorder.run_id)

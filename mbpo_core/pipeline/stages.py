@@ -15,14 +15,18 @@ in the run directory:
 
 A stop request raises `StageCancelled` at a safe point (after a mining batch, after a training
 step with a checkpoint saved, after an evaluation batch); nothing already written is lost.
+A full disk is a `PipelineError("disk_full")`: the half-written files are removed and the complete
+checkpoints stay, so the run resumes once there is space.
 The stages wrap the core functions (`mining.mine`, `training.session.train_policy`,
 `evaluation.evaluate_manifest`), they do not re-implement them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import statistics
 import time
 from collections import Counter
@@ -88,9 +92,27 @@ class RunInputs:
 
 @dataclass(frozen=True)
 class RunLayout:
-    """The run directory: everything a run writes lives below `root`."""
+    """The run directory: everything a run writes lives below `root`.
+
+    `may_write`, when given, is asked right before a result is published (a stage's result file,
+    a checkpoint's rename into place): the service's worker answers whether it still holds the
+    run's lease, so a worker that lost it (another one resumed the run) writes nothing more."""
 
     root: Path
+    may_write: Callable[[], bool] | None = field(default=None, compare=False)
+
+    def check_write(self) -> None:
+        """`StageCancelled` when this process may no longer write into the run directory."""
+        if self.may_write is not None and not self.may_write():
+            raise StageCancelled("the run's lease was lost: not writing")
+
+    def write_json(self, path: Path, data: Any) -> None:
+        """Write `path` atomically (temp file + rename), if this process may still write."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        self.check_write()
+        os.replace(tmp, path)
 
     @property
     def mining_dir(self) -> Path:
@@ -125,13 +147,6 @@ class RunLayout:
 
 
 # ---- shared helpers ----------------------------------------------------------------------------
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def finished_result(layout: RunLayout, stage: str) -> dict[str, Any] | None:
@@ -247,7 +262,7 @@ def validate(
         "model": {"family": info.family, "param_count": info.param_count},
         "datasets": datasets,
     }
-    _write_json(layout.stage_file("validating"), result)
+    layout.write_json(layout.stage_file("validating"), result)
     return result
 
 
@@ -267,7 +282,7 @@ def score(
         return cached
     if inputs.offline_manifest is None:
         result: dict[str, Any] = {"skipped": "no offline dataset"}
-        _write_json(layout.stage_file("scoring"), result)
+        layout.write_json(layout.stage_file("scoring"), result)
         return result
     from mbpo_core.mining import mine as mining
 
@@ -303,7 +318,7 @@ def score(
         "iig_threshold": min(scores[i] for i in selected) if selected else None,
         "iig_selected_mean": statistics.fmean(scores[i] for i in selected) if selected else None,
     }
-    _write_json(layout.stage_file("scoring"), result)
+    layout.write_json(layout.stage_file("scoring"), result)
     return result
 
 
@@ -323,7 +338,7 @@ def mine(
         return cached
     if inputs.offline_manifest is None:
         result: dict[str, Any] = {"skipped": "no offline dataset", "n_pairs": 0}
-        _write_json(layout.stage_file("mining"), result)
+        layout.write_json(layout.stage_file("mining"), result)
         return result
     from mbpo_core.mining import mine as mining
 
@@ -346,7 +361,7 @@ def mine(
     except ValueError as exc:  # the directory was mined with other settings
         raise PipelineError("mining_settings_changed", str(exc)) from exc
     result = summary.to_dict()
-    _write_json(layout.stage_file("mining"), result)
+    layout.write_json(layout.stage_file("mining"), result)
     return result
 
 
@@ -364,6 +379,7 @@ def train(
     newest complete checkpoint. A stop request saves a checkpoint and raises StageCancelled."""
     if (cached := finished_result(layout, "training")) is not None:
         return cached
+    from mbpo_core.training.checkpoint import WriteFenced
     from mbpo_core.training.progress import ProgressEvent
     from mbpo_core.training.session import train_policy
 
@@ -390,16 +406,20 @@ def train(
             )
 
     release_models()
-    result = train_policy(
-        inputs.model_dir,
-        layout.training_dir,
-        config,
-        online=inputs.online_manifest,
-        pairs=layout.pairs_file if has_pairs else None,
-        progress=on_event,
-        should_stop=should_stop,
-        resume=True,
-    )
+    try:
+        result = train_policy(
+            inputs.model_dir,
+            layout.training_dir,
+            config,
+            online=inputs.online_manifest,
+            pairs=layout.pairs_file if has_pairs else None,
+            progress=on_event,
+            should_stop=should_stop,
+            may_write=layout.may_write,
+            resume=True,
+        )
+    except WriteFenced as exc:
+        raise StageCancelled(str(exc)) from exc
     if result.cancelled:
         raise StageCancelled("training")
     final_metrics: dict[str, Any] = next((log for log in reversed(result.log_history) if "loss" in log), {})
@@ -409,7 +429,7 @@ def train(
         "skipped_pairs": result.skipped_pairs,
         "final_log": {k: v for k, v in final_metrics.items() if isinstance(v, int | float)},
     }
-    _write_json(layout.stage_file("training"), summary)
+    layout.write_json(layout.stage_file("training"), summary)
     return summary
 
 
@@ -499,7 +519,7 @@ def evaluate(
                 on_batch=on_batch,
             )
             scores[which][split] = evaluation.metrics
-            _write_json(cache, evaluation.metrics)
+            layout.write_json(cache, evaluation.metrics)
         release_models()  # one model in memory at a time
     result: dict[str, Any] = {
         BASE: scores[BASE],
@@ -511,8 +531,8 @@ def evaluate(
             which: _attack_success(model_dir, which, inputs, layout, config, progress)
             for which, model_dir in models.items()
         }
-    _write_json(layout.eval_dir / "report.json", result)
-    _write_json(layout.stage_file("evaluating"), result)
+    layout.write_json(layout.eval_dir / "report.json", result)
+    layout.write_json(layout.stage_file("evaluating"), result)
     return result
 
 
@@ -574,7 +594,56 @@ def run_all(
     for stage in STAGES:
         if on_stage is not None:
             on_stage(stage, None)
-        results[stage] = STAGE_FUNCTIONS[stage](inputs, layout, config, report, should_stop)
+        try:
+            results[stage] = STAGE_FUNCTIONS[stage](inputs, layout, config, report, should_stop)
+        except Exception as exc:
+            if not is_disk_full(exc, layout.root):
+                raise
+            raise _disk_full(stage, layout) from exc
         if on_stage is not None:
             on_stage(stage, results[stage])
     return results
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# How libraries that do not raise OSError say it (safetensors: "I/O error: No space left on device").
+_DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded")
+_LOW_FREE_BYTES = 64 * 1024 * 1024
+
+
+def is_disk_full(exc: BaseException, root: Path) -> bool:
+    """Whether `exc` (or what caused it) is a write that failed for want of space under `root`."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(word in str(current) for word in _DISK_FULL_WORDS):
+            return True
+        current = current.__cause__ or current.__context__
+    # torch.save says only "unexpected pos" / "iostream error": judge by the space that is left
+    # (a failed write leaves its partial file, so a disk that filled up is still full now).
+    free = _free_bytes(root)
+    return free is not None and free < _LOW_FREE_BYTES
+
+
+def _free_bytes(root: Path) -> int | None:
+    try:
+        return shutil.disk_usage(root).free
+    except OSError:
+        return None
+
+
+def _disk_full(stage: str, layout: RunLayout) -> PipelineError:
+    from mbpo_core.training import checkpoint
+
+    checkpoint.discard_partial(layout.checkpoints_dir)
+    free_mib = (_free_bytes(layout.root) or 0) / 2**20
+    steps = checkpoint.checkpoint_steps(layout.checkpoints_dir)
+    kept = f"the checkpoint of step {steps[-1]} is complete" if steps else "no checkpoint was lost"
+    return PipelineError(
+        "disk_full",
+        f"no space left on the device of {layout.root} during {stage} ({free_mib:.0f} MiB free after "
+        f"removing the half-written files); {kept}. Free some space and resume the run.",
+    )

@@ -33,6 +33,10 @@ MODEL_SUBDIR = "model"
 _UNUSED_PICKLES = ("training_args.bin",)
 
 
+class WriteFenced(RuntimeError):
+    """This process may no longer write into the run directory (another one owns the run now)."""
+
+
 def checkpoint_steps(run_dir: str | Path) -> list[int]:
     """Steps of the complete checkpoints in `run_dir`, ascending."""
     root = Path(run_dir)
@@ -74,19 +78,32 @@ def staging_dir(run_dir: Path, step: int) -> Path:
     return run_dir / f".staging-{step}"
 
 
+def discard_partial(run_dir: str | Path) -> None:
+    """Remove what an interrupted save left (staging directories); complete checkpoints stay."""
+    root = Path(run_dir)
+    if root.is_dir():
+        for staged in root.glob(".staging-*"):
+            shutil.rmtree(staged, ignore_errors=True)
+
+
 def publish(
     staged_checkpoint: Path,
     run_dir: Path,
     step: int,
     write_model: Callable[[Path], None],
     keep: int | None = None,
+    may_write: Callable[[], bool] | None = None,
 ) -> Path:
     """Complete the staged checkpoint (loadable model, no stray pickles), fsync it, rename it into
-    place, then drop all but the newest `keep` checkpoints."""
+    place, then drop all but the newest `keep` checkpoints. `may_write` is asked right before the
+    rename: when it says no, the staging is removed and `WriteFenced` raised."""
     write_model(staged_checkpoint / MODEL_SUBDIR)
     for name in _UNUSED_PICKLES:
         (staged_checkpoint / name).unlink(missing_ok=True)
     _fsync_tree(staged_checkpoint)
+    if may_write is not None and not may_write():
+        shutil.rmtree(staged_checkpoint.parent, ignore_errors=True)
+        raise WriteFenced(f"not publishing checkpoint-{step}: this process no longer owns the run")
     final = run_dir / f"checkpoint-{step}"
     if final.exists():  # a re-run of the same step after a crash between rename and rotation
         shutil.rmtree(final)

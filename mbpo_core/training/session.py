@@ -113,6 +113,7 @@ def train_policy(
     pairs: str | Path | None = None,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    may_write: Callable[[], bool] | None = None,
     resume: bool = False,
 ) -> TrainResult:
     """Train `model_dir` on online prompts and/or mined pairs into `out_dir`.
@@ -120,18 +121,29 @@ def train_policy(
     `out_dir/checkpoints/checkpoint-N` every `save_steps` (and at the end or on a stop request),
     `out_dir/model` the final aligned model. `resume=True` continues from the newest complete
     checkpoint of `out_dir` (a no-op when there is none). `should_stop` is polled between steps;
-    when it says yes, the run saves a checkpoint and returns with `cancelled=True`."""
+    when it says yes, the run saves a checkpoint and returns with `cancelled=True`. It is asked once
+    before the first step too (loading a large model takes a while): a yes then returns at once,
+    with nothing saved. `may_write` fences every checkpoint: asked right before it is
+    published, a no raises `checkpoint.WriteFenced`."""
     out = Path(out_dir)
     trainer, skipped = build_trainer(model_dir, out, config, online=online, pairs=pairs)
+    trainer.may_write = may_write
     bridge = ProgressBridge(progress, should_stop, agree=_any_process_agrees(trainer))
     trainer.add_callback(bridge)
     run_dir = Path(str(trainer.args.output_dir))
+    checkpoint.discard_partial(run_dir)  # what an interrupted attempt's save left
     start = checkpoint.latest_checkpoint(run_dir) if resume else None
     if start is not None:
         start = checkpoint.require_inside(start, out)
+    if bridge.agree(bool(should_stop and should_stop())):
+        return TrainResult(out_dir=out, model_dir=None, steps=0, cancelled=True, skipped_pairs=skipped)
     trainer.train(resume_from_checkpoint=str(start) if start else None)
     finished = not bridge.cancelled
-    final = _publish_final_model(run_dir, out) if finished and trainer.accelerator.is_main_process else None
+    final = (
+        _publish_final_model(run_dir, out, may_write)
+        if finished and trainer.accelerator.is_main_process
+        else None
+    )
     trainer.accelerator.wait_for_everyone()
     return TrainResult(
         out_dir=out,
@@ -151,7 +163,7 @@ def _any_process_agrees(trainer: HybridGRPOTrainer) -> Callable[[bool], bool]:
     return agree
 
 
-def _publish_final_model(run_dir: Path, out: Path) -> Path | None:
+def _publish_final_model(run_dir: Path, out: Path, may_write: Callable[[], bool] | None) -> Path | None:
     """Copy the newest checkpoint's loadable model to `out/model` (atomically, via a temp dir)."""
     latest = checkpoint.latest_checkpoint(run_dir)
     if latest is None:
@@ -160,6 +172,9 @@ def _publish_final_model(run_dir: Path, out: Path) -> Path | None:
     staging = out / f".{FINAL_MODEL_SUBDIR}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(latest / checkpoint.MODEL_SUBDIR, staging)
+    if may_write is not None and not may_write():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise checkpoint.WriteFenced("not publishing the final model: this process no longer owns the run")
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)

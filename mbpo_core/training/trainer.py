@@ -90,6 +90,8 @@ class HybridGRPOTrainer(GRPOTrainer):
         self.offline_ratio = offline_ratio
         self.offline_groups_per_step = offline_groups_per_step
         self.grpo_args = args
+        # Asked right before a checkpoint is published (None: always publish); see checkpoint.publish.
+        self.may_write: Callable[[], bool] | None = None
         # The TRL arguments this subclass relies on; GRPOConfig.__post_init__ has filled them in.
         assert args.num_generations and args.steps_per_generation and args.generation_batch_size
         assert args.max_completion_length
@@ -321,6 +323,7 @@ class HybridGRPOTrainer(GRPOTrainer):
                 step,
                 write_model=self._write_loadable_model,
                 keep=self.args.save_total_limit,
+                may_write=self.may_write,
             )
         self.accelerator.wait_for_everyone()
 

@@ -132,7 +132,15 @@ def test_training_resumes_exactly_and_saves_a_stock_loadable_model(
     config = _config(offline_fraction=0.5)
     data = {"online": dataset, "pairs": dataset.parent / "pairs.jsonl"}
     straight = train_policy(model_dirs[family], tmp_path / "straight", config, **data)
-    stopped = train_policy(model_dirs[family], tmp_path / "resumed", config, should_stop=lambda: True, **data)
+    asked: list[int] = []
+
+    def after_one_step() -> bool:  # asked once before the first step, then after every step
+        asked.append(1)
+        return len(asked) > 1
+
+    stopped = train_policy(
+        model_dirs[family], tmp_path / "resumed", config, should_stop=after_one_step, **data
+    )
     assert stopped.cancelled and stopped.steps == 1
     resumed = train_policy(model_dirs[family], tmp_path / "resumed", config, resume=True, **data)
     expected, got = _losses(straight), _losses(resumed)

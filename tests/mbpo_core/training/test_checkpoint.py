@@ -19,11 +19,13 @@ def _losses(result) -> dict[int, float]:
 
 
 def _stop_after(steps: int):
+    """Yes after `steps` training steps: train_policy asks once before the first step, then after
+    every step."""
     calls = {"n": 0}
 
     def should_stop() -> bool:
         calls["n"] += 1
-        return calls["n"] >= steps
+        return calls["n"] > steps
 
     return should_stop
 
