@@ -7,6 +7,7 @@ runs/         the run state machine (statuses, stages, the one transition functi
               run queries the worker and the sweeper use
 events/       the run event log (append, read) and its live fan-out (Redis pub/sub)
 jobs.py       the job contract: task names, queues, routing, Celery config, after-commit sending
+requests.py   the request channel of inference (API -> an inference worker)
 replies.py    the reply transport of inference (worker -> waiting API request)
 
 May import: mbpo_core.config and light mbpo_core modules (never torch), sqlalchemy, celery, redis.

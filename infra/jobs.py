@@ -29,22 +29,20 @@ class Queue(StrEnum):
 
     cpu = "cpu"  # validation, thumbnails, bookkeeping
     gpu = "gpu"  # scoring, mining, training, evaluation (a whole run)
-    inference = "inference"  # chat completions against registered / aligned models
+    # Chat completions and spot-checks. No task is routed here: a worker consuming this queue serves
+    # the inference request channel (infra.requests) instead of a Celery task per request.
+    inference = "inference"
 
 
 class TaskName(StrEnum):
     validate_dataset = "mbpo.datasets.validate"
     execute_run = "mbpo.runs.execute"
-    chat_completion = "mbpo.inference.chat"
-    spot_check = "mbpo.inference.spot_check"
 
 
 # The one routing table. A task not listed here is a bug, not a default-queue surprise.
 TASK_ROUTES: dict[TaskName, Queue] = {
     TaskName.validate_dataset: Queue.cpu,
     TaskName.execute_run: Queue.gpu,
-    TaskName.chat_completion: Queue.inference,
-    TaskName.spot_check: Queue.inference,
 }
 
 

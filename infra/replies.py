@@ -1,5 +1,6 @@
-"""Replies of inference tasks to the API request waiting for them: a stream of small JSON events
-(`start`, `text`, `done`, `result`, `error`) per request id.
+"""Replies of inference workers to the API request waiting for them (the request went there through
+`infra.requests`): a stream of small JSON events (`start`, `text`, `done`, `result`, `error`) per
+request id.
 
 Chat completions are not stored, so the database is no place for their tokens. With Redis as the
 broker each request has a Redis list the worker appends to and the API pops from (a list, not
@@ -25,7 +26,9 @@ from infra.settings import Settings
 
 # A reply list outlives its request only this long if the reader vanished without cleaning up.
 REPLY_TTL_S = 600
-_FILE_POLL_S = (0.002, 0.02)  # first and longest pause between reads of a reply file
+# First and longest pause between reads of a file that has nothing new yet (reply files here, the
+# request directory in infra.requests).
+FILE_POLL_S = (0.002, 0.02)
 
 
 class RepliesUnsupported(RuntimeError):
@@ -71,7 +74,8 @@ _sync_clients: dict[str, Any] = {}
 _sync_lock = threading.Lock()
 
 
-def _sync_redis(url: str) -> Any:
+def sync_redis(url: str) -> Any:
+    """The process's Redis client for `url` (thread-safe; shared by the reply and request channels)."""
     import redis
 
     with _sync_lock:
@@ -127,7 +131,7 @@ class _FileWriter:
 def open_writer(settings: Settings, request_id: str) -> ReplyWriter:
     if transport(settings) == "redis":
         key, alive = _keys(settings, request_id)
-        return _RedisWriter(_sync_redis(settings.celery_broker_url), key, alive)
+        return _RedisWriter(sync_redis(settings.celery_broker_url), key, alive)
     return _FileWriter(_reply_file(settings, request_id))
 
 
@@ -138,7 +142,8 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, A
 )
 
 
-def _async_redis(url: str) -> Any:
+def async_redis(url: str) -> Any:
+    """The Redis client for `url` of the running event loop."""
     import redis.asyncio
 
     per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
@@ -162,7 +167,7 @@ class ReplyReader:
 
     async def __aenter__(self) -> ReplyReader:
         if self.kind == "redis":
-            await _async_redis(self.url).set(self.alive_key, b"1", ex=REPLY_TTL_S)
+            await async_redis(self.url).set(self.alive_key, b"1", ex=REPLY_TTL_S)
             self._alive_until = asyncio.get_running_loop().time() + REPLY_TTL_S
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,14 +176,15 @@ class ReplyReader:
 
     async def __aexit__(self, *exc: object) -> None:
         if self.kind == "redis":
-            await _async_redis(self.url).delete(self.alive_key, self.key)
+            # Shielded: a client's disconnect cancels the request, and the worker must still learn it.
+            await asyncio.shield(async_redis(self.url).delete(self.alive_key, self.key))
         else:
             self.path.unlink(missing_ok=True)
 
     async def next(self, timeout: float) -> dict[str, Any]:
         """The next event; TimeoutError after `timeout` seconds without one."""
         if self.kind == "redis":
-            client = _async_redis(self.url)
+            client = async_redis(self.url)
             now = asyncio.get_running_loop().time()
             if self._alive_until - now < REPLY_TTL_S / 2:  # a long answer: still listening
                 await client.expire(self.alive_key, REPLY_TTL_S)
@@ -193,7 +199,7 @@ class ReplyReader:
     async def _next_from_file(self, timeout: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        pause = _FILE_POLL_S[0]
+        pause = FILE_POLL_S[0]
         while b"\n" not in self._buffer:
             with self.path.open("rb") as f:
                 f.seek(self._offset)
@@ -205,7 +211,7 @@ class ReplyReader:
             if loop.time() >= deadline:
                 raise TimeoutError
             await asyncio.sleep(pause)
-            pause = min(pause * 2, _FILE_POLL_S[1])
+            pause = min(pause * 2, FILE_POLL_S[1])
         line, self._buffer = self._buffer.split(b"\n", 1)
         event: dict[str, Any] = json.loads(line)
         return event

@@ -1,4 +1,4 @@
-"""`mbpo serve` (the service with a local worker) and `mbpo api` (the web app alone).
+"""`mbpo serve` (the service with its local workers) and `mbpo api` (the web app alone).
 
 Heavy imports happen inside the commands."""
 
@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,16 +41,40 @@ def _dev_admin_key(home: Path) -> tuple[str, bool]:
     return key, True
 
 
-def _start_worker() -> subprocess.Popen[bytes]:
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One local worker of `mbpo serve`; its Celery node name is `<name>@<host>`."""
+
+    name: str
+    queues: str
+    pool: str
+    concurrency: int
+
+
+# Runs in one worker, inference and dataset validation in the other, so a chat request or a
+# spot-check never waits behind a run stage. The run worker keeps the prefork pool: a run executes
+# in its pool child, and a warm shutdown hands it back (worker.shutdown). The other one serves
+# inference requests from threads sharing one model cache, as production workers do.
+LOCAL_WORKERS = (
+    WorkerSpec("gpu", "gpu", "prefork", 1),
+    WorkerSpec("inference", "inference,cpu", "threads", 8),
+)
+
+
+def _start_worker(spec: WorkerSpec) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-m",
         "mbpo_cli.main",
         "worker",
         "--queues",
-        "cpu,gpu,inference",
+        spec.queues,
+        "--pool",
+        spec.pool,
         "--concurrency",
-        "1",
+        str(spec.concurrency),
+        "--hostname",
+        f"{spec.name}@%h",
     ]
     # Its own session: a Ctrl-C in the terminal reaches `mbpo serve` only, which then stops the
     # worker in order; and the worker's pool children share its process group, so none outlives it.
@@ -60,44 +86,59 @@ def _start_worker() -> subprocess.Popen[bytes]:
 WORKER_STOP_GRACE_SECONDS = 60.0
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the worker (a warm shutdown: its run is handed back, worker.shutdown), then, after
-    the grace period or once it exited, SIGKILL to whatever is left of its process group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to every worker at once (a warm shutdown: a run is handed back, worker.shutdown), then,
+    once each exited or after the grace period, SIGKILL to whatever is left of its process group."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + WORKER_STOP_GRACE_SECONDS
+    for proc in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=WORKER_STOP_GRACE_SECONDS)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
-class LocalWorker:
-    """The one worker `mbpo serve` runs, restarted if it dies (a crash must not silently leave
-    every job queued forever); stopped with the server."""
+class LocalWorkers:
+    """The workers `mbpo serve` runs (LOCAL_WORKERS), each restarted if it dies (a crash must not
+    silently leave every job queued forever); stopped with the server."""
 
-    def __init__(self) -> None:
+    def __init__(self, specs: tuple[WorkerSpec, ...] = LOCAL_WORKERS) -> None:
         self._stopping = threading.Event()
-        self._proc = _start_worker()
-        self._watcher = threading.Thread(target=self._watch, name="local-worker-watch", daemon=True)
-        self._watcher.start()
+        self._lock = threading.Lock()  # a restart and the stop never cross
+        self._procs = {spec.name: _start_worker(spec) for spec in specs}
+        self._watchers = [
+            threading.Thread(target=self._watch, args=(spec,), name=f"local-{spec.name}-watch", daemon=True)
+            for spec in specs
+        ]
+        for watcher in self._watchers:
+            watcher.start()
 
-    def _watch(self) -> None:
+    def _watch(self, spec: WorkerSpec) -> None:
         delay = 1.0
         while not self._stopping.is_set():
-            code = self._proc.wait()
+            code = self._procs[spec.name].wait()
             if self._stopping.is_set():
                 return
-            typer.echo(f"local worker exited with {code}; restarting in {delay:.0f}s", err=True)
+            typer.echo(f"local {spec.name} worker exited with {code}; restarting in {delay:.0f}s", err=True)
             if self._stopping.wait(delay):
                 return
             delay = min(delay * 2, 60.0)
-            self._proc = _start_worker()
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._procs[spec.name] = _start_worker(spec)
 
     def stop(self) -> None:
-        self._stopping.set()
-        _stop(self._proc)
-        self._watcher.join(timeout=5)
+        with self._lock:
+            self._stopping.set()
+            procs = list(self._procs.values())
+        _stop(procs)
+        for watcher in self._watchers:
+            watcher.join(timeout=5)
 
 
 def _exit_on_signal(signum: int, _frame: Any) -> None:
@@ -124,13 +165,15 @@ def _register_demo(testbed: Path, host: str, port: int) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    worker: Annotated[bool, typer.Option(help="Also start one local worker for all queues.")] = True,
+    worker: Annotated[
+        bool, typer.Option(help="Also start the local workers: one for runs, one for inference and datasets.")
+    ] = True,
     demo: Annotated[
         Path | None,
         typer.Option(help="A built testbed to register for the development admin (`make run` passes it)."),
     ] = None,
 ) -> None:
-    """Run the service: migrate, print the admin key, start a local worker and the API.
+    """Run the service: migrate, print the admin key, start the local workers and the API.
 
     Without DATABASE_URL and BROKER_URL everything lives in MBPO_HOME (SQLite database, SQLite
     broker): no servers needed. With them set, the same code uses PostgreSQL and Redis."""
@@ -153,15 +196,15 @@ def serve(
         if demo is not None:
             _register_demo(demo, host, port)
     typer.echo(f"API: http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)", err=False)
-    local_worker = LocalWorker() if worker else None
+    local_workers = LocalWorkers() if worker else None
     # uvicorn stops gracefully on SIGTERM, then raises the signal again; without a handler of ours
-    # that would kill this process before the `finally` stops the worker (an orphan).
+    # that would kill this process before the `finally` stops the workers (orphans).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
     finally:
-        if local_worker is not None:
-            local_worker.stop()
+        if local_workers is not None:
+            local_workers.stop()
 
 
 def api(

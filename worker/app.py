@@ -1,6 +1,7 @@
 """The worker's Celery application: `infra.jobs`' shared configuration plus the tasks of
 `worker.tasks`, what starts with a worker process (the run sweeper, the re-sending of dataset
-validations that lost their message) and what a graceful stop does (worker.shutdown).
+validations that lost their message, and in a worker that consumes the `inference` queue the
+consumer of inference requests, worker.inference) and what a graceful stop does (worker.shutdown).
 
 Built by `create_worker_app()` (called by `mbpo worker`), never at import time.
 """
@@ -16,9 +17,10 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 import worker.tasks  # noqa: F401  (registers the shared tasks on every app built here)
 from infra.db.session import make_engine, make_session_factory
-from infra.jobs import TaskName, create_celery
+from infra.jobs import Queue, TaskName, create_celery
 from infra.settings import Settings, get_settings
 from worker.datasets import stale_validations
+from worker.inference import InferenceConsumer
 from worker.shutdown import clear_stop, request_stop
 from worker.sweeper import Sweeper
 
@@ -68,6 +70,22 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     _sweeper.start()
 
 
+_inference: InferenceConsumer | None = None
+# How long a stopping worker lets the inference requests it holds finish (a requester is waiting).
+INFERENCE_STOP_GRACE_SECONDS = 30.0
+
+
+@worker_ready.connect
+def _start_inference_consumer(sender: Any = None, **_: Any) -> None:
+    global _inference
+    if sender is None or _inference is not None:
+        return
+    if Queue.inference.value not in sender.app.amqp.queues.consume_from:
+        return
+    _inference = InferenceConsumer(get_settings(), concurrency=int(sender.controller.concurrency or 1))
+    _inference.start()
+
+
 @worker_shutting_down.connect
 def _hand_runs_back(**_: Any) -> None:
     # Warm shutdown began: the running run stops at its next safe point and is handed back.
@@ -78,3 +96,9 @@ def _hand_runs_back(**_: Any) -> None:
 def _stop_sweeper(**_: Any) -> None:
     if _sweeper is not None:
         _sweeper.stop.set()
+
+
+@worker_shutdown.connect
+def _stop_inference_consumer(**_: Any) -> None:
+    if _inference is not None and not _inference.stop(INFERENCE_STOP_GRACE_SECONDS):
+        log.warning("stopped with inference requests still in progress")

@@ -1,14 +1,17 @@
-"""Inference on the `inference` queue: chat completions and spot-checks (plain functions; the
-Celery shells are in worker.tasks).
+"""Inference in a worker that consumes the `inference` queue: chat completions and spot-checks.
 
-They are thin: they decode the message, ask this process's `ModelCache` (mbpo_core.serving.engine)
-for the model and send events back through `infra.replies`. The message carries the
-request itself (images included): a chat completion is not stored anywhere, and the API already
-resolved the model to directories, so the worker never touches the database here.
+Requests do not come as Celery tasks: `InferenceConsumer` (started by worker.app when the worker
+consumes the `inference` queue) claims them from the request channel (`infra.requests`) and runs
+each in a thread of its own, at most `--concurrency` at once. The handlers are thin: they decode
+the request, ask this process's `ModelCache` (mbpo_core.serving.engine) for the model and send
+events back through `infra.replies`. The request carries everything (images included): a chat
+completion is not stored anywhere, and the API already resolved the model to directories, so the
+worker never touches the database here.
 
 Run an inference worker with the thread pool (`mbpo worker --queues inference --pool threads
---concurrency 16`): concurrent tasks then share one model cache, and requests for the same model
-are decoded in batches. Torch is imported on first use, not when the worker starts.
+--concurrency 16`): its cpu tasks (if it also consumes `cpu`) then run in threads too, and the
+model cache lives in the process that serves the requests. Requests for the same model are decoded
+in batches. Torch is imported on first use, not when the worker starts.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import base64
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infra.replies import ReplyWriter, open_writer
+from infra.requests import InferenceRequest, RequestKind, RequestSource
 from infra.settings import Settings
 
 if TYPE_CHECKING:
@@ -85,12 +90,12 @@ class _Requester:
         return not self.listening
 
 
-def run_chat_completion(settings: Settings, payload: dict[str, Any]) -> None:
+def run_chat_completion(settings: Settings, request_id: str, payload: dict[str, Any]) -> None:
     """Decode one chat request. Streaming: events start, text (deltas), done; otherwise a single
     done event carrying the text (one reply instead of one per token)."""
     from mbpo_core.serving.engine import ChatRequest, SamplingParams, pixels_from_bytes
 
-    writer = open_writer(settings, payload["request_id"])
+    writer = open_writer(settings, request_id)
     try:
         if not writer.alive():
             return  # the requester gave up before a worker got to it
@@ -138,11 +143,11 @@ def run_chat_completion(settings: Settings, payload: dict[str, Any]) -> None:
         writer.close()
 
 
-def run_spot_check(settings: Settings, payload: dict[str, Any]) -> None:
+def run_spot_check(settings: Settings, request_id: str, payload: dict[str, Any]) -> None:
     """One model's spot-check; events: result (answers and IIGs) or error."""
     from mbpo_core.serving.engine import pixels_from_bytes, spot_check
 
-    writer = open_writer(settings, payload["request_id"])
+    writer = open_writer(settings, request_id)
     try:
         if not writer.alive():
             return
@@ -172,3 +177,67 @@ def run_spot_check(settings: Settings, payload: dict[str, Any]) -> None:
         _fail(writer, exc)
     finally:
         writer.close()
+
+
+HANDLERS: dict[RequestKind, Callable[[Settings, str, dict[str, Any]], None]] = {
+    RequestKind.chat: run_chat_completion,
+    RequestKind.spot_check: run_spot_check,
+}
+
+CLAIM_WAIT_S = 1.0  # how long one claim waits for a request: the stop flag is checked in between
+
+
+class InferenceConsumer:
+    """Claims requests from the channel while fewer than `concurrency` are in progress (a busy
+    worker leaves the next one to another worker) and serves each in a thread of its own, so the
+    requests in progress share the model cache and are decoded in batches there."""
+
+    def __init__(self, settings: Settings, concurrency: int):
+        self.settings = settings
+        self.concurrency = concurrency
+        self._slots = threading.Semaphore(concurrency)
+        self._stopping = threading.Event()
+        self._source = RequestSource(settings)
+        self._thread = threading.Thread(target=self._claim_loop, name="inference-requests", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("serving inference requests (%s channel, %d at once)", self._source.kind, self.concurrency)
+
+    def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            if not self._slots.acquire(timeout=CLAIM_WAIT_S):
+                continue
+            try:
+                request = self._source.claim(CLAIM_WAIT_S)
+            except Exception:  # the broker is unreachable for a moment: try again shortly
+                self._slots.release()
+                log.exception("claiming inference requests failed")
+                self._stopping.wait(CLAIM_WAIT_S)
+                continue
+            if request is None:
+                self._slots.release()
+                continue
+            threading.Thread(
+                target=self._serve, args=(request,), name=f"inference-{request.id[:8]}", daemon=True
+            ).start()
+
+    def _serve(self, request: InferenceRequest) -> None:
+        try:
+            HANDLERS[request.kind](self.settings, request.id, request.payload)
+        except Exception:
+            log.exception("inference request %s failed", request.id)
+        finally:
+            self._slots.release()
+
+    def stop(self, grace: float) -> bool:
+        """Claim nothing more and wait up to `grace` seconds for the requests in progress; whether
+        they all finished."""
+        self._stopping.set()
+        deadline = time.monotonic() + grace
+        if self._thread.is_alive():
+            self._thread.join(timeout=grace)
+        taken = 0
+        while taken < self.concurrency and self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            taken += 1
+        return taken == self.concurrency

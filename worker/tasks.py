@@ -2,15 +2,15 @@
 
 A shell loads the settings (and a session factory where the job has a row), names the lease owner
 and calls a plain function that tests call without Celery. Imports go one way:
-`worker.app` -> this module -> the plain functions (`worker.datasets`, `worker.runs`,
-`worker.inference`); none of those imports Celery's app or this module.
+`worker.app` -> this module -> the plain functions (`worker.datasets`, `worker.runs`); none of
+those imports Celery's app or this module. Inference requests are no Celery tasks: they come
+through `infra.requests` (worker.inference).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from typing import Any
 
 from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
@@ -19,7 +19,6 @@ from infra.db.session import get_session_factory
 from infra.jobs import TaskName
 from infra.settings import get_settings
 from worker.datasets import run_dataset_validation
-from worker.inference import run_chat_completion, run_spot_check
 from worker.runs import execute_run
 
 # Only these are worth retrying: the database was unreachable for a moment.
@@ -56,14 +55,3 @@ def execute_run_task(self: Task, run_id: str) -> str | None:
         self.app.send_task(TaskName.execute_run.value, args=[rid])
 
     return execute_run(factory, settings, run_id, owner=worker_identity(self.request.id), requeue=requeue)
-
-
-# Not retried: the requester is waiting now, and a retry after it gave up would decode for nobody.
-@shared_task(name=TaskName.chat_completion.value)
-def chat_completion(payload: dict[str, Any]) -> None:
-    run_chat_completion(get_settings(), payload)
-
-
-@shared_task(name=TaskName.spot_check.value)
-def spot_check(payload: dict[str, Any]) -> None:
-    run_spot_check(get_settings(), payload)

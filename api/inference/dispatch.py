@@ -1,17 +1,15 @@
-"""Sending an inference task and listening for its replies, from async routes."""
+"""Sending an inference request to the inference workers (infra.requests) and listening for its
+replies (infra.replies), from async routes."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
-
 from api.errors import AppError, BadRequest, ServiceUnavailable
-from infra.jobs import TaskName, get_celery
 from infra.replies import ReplyReader
+from infra.requests import InferenceRequest, RequestKind, submitted
 from infra.settings import Settings
 
 
@@ -36,20 +34,23 @@ def error_from_event(event: dict[str, Any]) -> AppError:
 
 
 class Replies:
-    """The events of one sent task, each awaited with the inference timeout."""
+    """The events of one sent request, each awaited with the inference timeout."""
 
-    def __init__(self, reader: ReplyReader, timeout: float):
+    def __init__(self, reader: ReplyReader, request: InferenceRequest, timeout: float):
         self.reader = reader
+        self.request = request
         self.timeout = timeout
 
     async def next(self) -> dict[str, Any]:
         try:
-            return await self.reader.next(self.timeout)
+            event = await self.reader.next(self.timeout)
         except TimeoutError as exc:
             raise InferenceTimeout(
                 f"no answer from an inference worker within {self.timeout:.0f}s "
                 "(is a worker consuming the inference queue?)"
             ) from exc
+        self.request.claimed = True  # a worker answers: nothing left to withdraw
+        return event
 
     async def until(self, kind: str) -> dict[str, Any]:
         """Skip progress events up to the first `kind` event; a worker error raises."""
@@ -63,15 +64,11 @@ class Replies:
 
 @asynccontextmanager
 async def send_inference(
-    settings: Settings, task: TaskName, payload: dict[str, Any]
+    settings: Settings, kind: RequestKind, payload: dict[str, Any]
 ) -> AsyncIterator[Replies]:
-    """Listen, then send `task` with `payload` (plus its request id); leaving the block tells the
-    worker nobody listens any more."""
-    request_id = uuid.uuid4().hex
+    """Listen, then send the request; leaving the block withdraws it if no worker took it yet and
+    tells the worker that has it that nobody listens any more."""
     timeout = settings.inference_timeout_seconds
-    async with ReplyReader(settings, request_id) as reader:
-        message = {**payload, "request_id": request_id}
-        celery = get_celery(settings)
-        # A message still queued after the requester gave up is dropped unread.
-        await anyio.to_thread.run_sync(lambda: celery.send_task(task.value, args=[message], expires=timeout))
-        yield Replies(reader, timeout)
+    request = InferenceRequest.new(kind, payload, timeout)
+    async with ReplyReader(settings, request.id) as reader, submitted(settings, request):
+        yield Replies(reader, request, timeout)

@@ -1,7 +1,7 @@
 """Serving models for inference: a cache of loaded models with a memory budget and LRU eviction,
 and one decoding thread per loaded model that batches the requests waiting for it.
 
-Plain Python and torch (no Celery, no web): the worker's inference tasks call `ModelCache.submit`
+Plain Python and torch (no Celery, no web): the inference worker calls `ModelCache.chat` and `.run`
 from several threads at once; requests for the same model that are waiting together run as one
 `generate` call (greedy requests with each other, sampled ones with the same temperature/top_p).
 Nobody waits for a batch to fill: a request that finds the model idle starts at once, and
@@ -459,6 +459,11 @@ class ServedModel:
             request.future.set_result(completion)
 
 
+# Loading is not thread-safe: transformers builds a model on the meta device and fills it in, and
+# two loads at once in one process leave each other's weights on the meta device. One at a time.
+_LOADING = threading.Lock()
+
+
 class ModelCache:
     """Loaded models by key, within `budget_bytes` of weights: loading one evicts the least recently
     used others until it fits (a model larger than the budget is still served, alone)."""
@@ -479,7 +484,6 @@ class ModelCache:
         self._loader = loader or (lambda source: load_source(source, device=device, dtype=dtype))
         self._models: OrderedDict[str, ServedModel] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
 
     def keys(self) -> list[str]:
         """Loaded keys, least recently used first."""
@@ -497,8 +501,7 @@ class ModelCache:
             if served is not None:
                 self._models.move_to_end(source.key)
                 return served
-            load_lock = self._loading.setdefault(source.key, threading.Lock())
-        with load_lock:  # one load per key, however many requests arrive meanwhile
+        with _LOADING:  # one load at a time: so one per key, however many requests arrive meanwhile
             with self._lock:
                 served = self._models.get(source.key)
                 if served is not None:
@@ -515,7 +518,6 @@ class ModelCache:
             with self._lock:
                 self._models[source.key] = served
                 self._evict_for(source.key)
-                self._loading.pop(source.key, None)
             return served
 
     def _evict_for(self, key: str) -> None:

@@ -6,6 +6,7 @@ completions with an image on a base model and on a run's checkpoints, streamed a
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +41,7 @@ class Service:
     broken: str  # model:<id> of a registered model whose directory has since vanished
     tiny: TinyModels
     log: Path
+    prefix: str  # the Redis key prefix of this service
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, timeout=180)
@@ -120,6 +123,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             MBPO_BROKER_KEY_PREFIX=prefix,
             MBPO_HOME=str(root / "home"),
             MBPO_ENV="test",
+            MBPO_INFERENCE_MAX_TOKENS="4000",  # room for an answer that takes seconds (disconnect test)
         )
         port = services.free_port()
         url = f"http://127.0.0.1:{port}"
@@ -133,7 +137,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         try:
             api = _start(["api", "--port", str(port)], env, root / "api.log", lambda: _healthy(url))
             try:
-                yield Service(url, key, base, run_id, broken, tiny, worker_log)
+                yield Service(url, key, base, run_id, broken, tiny, worker_log, prefix)
             finally:
                 services.stop_process_group(api)
         finally:
@@ -224,6 +228,40 @@ def test_raw_stream_ends_with_done(service: Service) -> None:
     assert events[-1] == "data: [DONE]"
 
 
+def test_a_client_that_disconnects_stops_the_decoding(service: Service) -> None:
+    """A streamed answer of 4000 tokens (about 10 s on this model) whose client leaves after the
+    first text: the API drops the reply channel (no alive key left) and the worker stops decoding,
+    so the next request on the model is not kept waiting behind it."""
+    body = {
+        "model": service.base,
+        "messages": _messages(),
+        "max_tokens": 4000,
+        "temperature": 0,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {service.key}"}
+    with httpx.stream(
+        "POST", f"{service.url}/v1/chat/completions", json=body, headers=headers, timeout=120
+    ) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {") and '"content":""' not in line and '"content":' in line:
+                break  # the first text: the worker is decoding; leave
+    left_at = time.monotonic()
+    alive = redis.Redis.from_url(services.REDIS_URL)
+    services.wait_for(
+        lambda: not list(alive.scan_iter(match=f"{service.prefix}mbpo:reply:*:alive")),
+        timeout=5,
+        interval=0.05,
+        what="the reply channel to be dropped",
+    )
+    plain = service.client().chat.completions.create(
+        model=service.base, messages=_messages(), max_tokens=1, temperature=0
+    )
+    assert plain.choices[0].finish_reason == "length"
+    assert time.monotonic() - left_at < 4
+
+
 def test_client_errors_surface_as_openai_exceptions(service: Service) -> None:
     client = service.client()
     with pytest.raises(openai.NotFoundError) as not_found:
@@ -280,11 +318,11 @@ def test_spot_check_is_answered_stored_and_listed(service: Service) -> None:
     assert same.status_code == 422
 
 
-# ---- embedded: mbpo serve, SQLite database and broker, replies through MBPO_HOME ---------------------
+# ---- embedded: mbpo serve, SQLite database and broker, requests and replies through MBPO_HOME ---------
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path, Path]]:
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, TinyModels, Path]]:
     root = tmp_path_factory.mktemp("chat-embedded")
     tiny = build_tiny_models(root / "roots" / "models")
     env = services.service_env(MBPO_HOME=str(root / "home"), MBPO_DATA_ROOTS=str(root / "roots"))
@@ -298,21 +336,26 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
         lambda: _healthy(url) and "ready." in log.read_text(errors="replace"),
     )
     try:
-        yield url, (root / "home" / "admin_key").read_text().strip(), tiny.base, root / "home"
+        yield url, (root / "home" / "admin_key").read_text().strip(), tiny, root / "home"
     finally:
         services.stop_process_group(proc)
 
 
-def test_embedded_serve_answers_chat_completions(embedded: tuple[str, str, Path, Path]) -> None:
-    url, key, base_dir, home = embedded
+def _register(url: str, key: str, name: str, path: Path) -> str:
     resp = httpx.post(
         f"{url}/v1/models",
-        json={"name": "tiny", "path": str(base_dir)},
+        json={"name": name, "path": str(path)},
         headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     )
     assert resp.status_code == 201, resp.text
-    model = f"model:{resp.json()['id']}"
+    return f"model:{resp.json()['id']}"
+
+
+def test_embedded_serve_answers_chat_completions(embedded: tuple[str, str, TinyModels, Path]) -> None:
+    url, key, tiny, home = embedded
+    base_dir = tiny.base
+    model = _register(url, key, "tiny", base_dir)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=180)
     assert model in {m.id for m in client.models.list()}
     plain = client.chat.completions.create(model=model, messages=_messages(), max_tokens=4, temperature=0)
@@ -323,3 +366,21 @@ def test_embedded_serve_answers_chat_completions(embedded: tuple[str, str, Path,
     assert plain.choices[0].message.content == text == _direct(base_dir, 4)
     replies = home / "inference" / "replies"
     assert not list(replies.glob("*.jsonl"))  # every reply file is removed once read
+    assert not list((home / "inference" / "requests").iterdir())  # every request file claimed
+
+
+def test_embedded_serve_answers_spot_checks(embedded: tuple[str, str, TinyModels, Path]) -> None:
+    url, key, tiny, home = embedded
+    models = [
+        _register(url, key, "spot base", tiny.base),
+        _register(url, key, "spot merged", tiny.merged / "model"),
+    ]
+    body = {"image": data_url(PNG), "question": QUESTION, "models": models, "max_tokens": 4}
+    resp = httpx.post(
+        f"{url}/v1/spot-checks", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=180
+    )
+    assert resp.status_code == 201, resp.text
+    results = resp.json()["results"]
+    assert [r["model"] for r in results] == models
+    assert [r["answer"] for r in results] == [_direct(tiny.base, 4), _direct(tiny.merged / "model", 4)]
+    assert not list((home / "inference" / "requests").iterdir())

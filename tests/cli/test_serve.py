@@ -1,9 +1,11 @@
 """Embedded mode end to end: `mbpo serve` with only a temporary MBPO_HOME (no DATABASE_URL, no
-BROKER_URL) serves the API, runs its own worker on a SQLite broker, and validates uploads."""
+BROKER_URL) serves the API, runs its own workers (one for runs, one for inference and datasets) on
+a SQLite broker, restarts a worker that dies, validates uploads, and leaves no process behind."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mbpo_cli.serve import LOCAL_WORKERS
 from tests.helpers import datasets as ds
 from tests.helpers import services
 
@@ -57,40 +60,57 @@ def test_serve_prints_and_keeps_a_dev_admin_key(served: Served) -> None:
     assert (served.home / "admin_key").stat().st_mode & 0o077 == 0
 
 
-def _worker_pids(log_owner_pid: int) -> list[int]:
-    """`mbpo worker` processes started by the server (direct children of `mbpo serve`)."""
-    pids = []
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def _worker_pids(server_pid: int) -> dict[str, int]:
+    """The `mbpo worker` processes started by the server (its direct children), by local worker
+    name (`--hostname <name>@%h`)."""
+    pids = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if ppid == log_owner_pid and b"worker" in cmdline:
-            pids.append(int(entry.name))
+        cmdline = _cmdline(int(entry.name))
+        if ppid == server_pid and b"worker" in cmdline:
+            pids[cmdline[cmdline.index(b"--hostname") + 1].decode().split("@")[0]] = int(entry.name)
     return pids
 
 
 def test_a_crashed_local_worker_is_restarted(served: Served) -> None:
-    (pid,) = _worker_pids(served.pid)
-    os.kill(pid, signal.SIGKILL)
-    services.wait_for(
-        lambda: "restarting" in served.log.read_text(errors="replace"), timeout=30, what="restart"
-    )
-    services.wait_for(
-        lambda: served.log.read_text(errors="replace").count("ready.") >= 2,
-        timeout=60,
-        what="new worker ready",
-    )
-    assert _worker_pids(served.pid) not in ([], [pid])
+    before = _worker_pids(served.pid)
+    assert set(before) == {spec.name for spec in LOCAL_WORKERS}  # runs apart from inference
+    for pid in before.values():
+        os.kill(pid, signal.SIGKILL)
+    for spec in LOCAL_WORKERS:
+        services.wait_for(
+            lambda name=spec.name: f"local {name} worker exited" in served.log.read_text(errors="replace"),
+            timeout=30,
+            what=f"{spec.name} restart",
+        )
+        services.wait_for(
+            lambda name=spec.name: (
+                len(re.findall(rf"\b{name}@\S+ ready\.", served.log.read_text(errors="replace"))) >= 2
+            ),
+            timeout=60,
+            what=f"new {spec.name} worker ready",
+        )
+    after = _worker_pids(served.pid)
+    assert set(after) == set(before) and not set(after.values()) & set(before.values())
 
 
 def test_embedded_upload_becomes_ready_without_servers(served: Served, tmp_path: Path) -> None:
     headers = {"Authorization": f"Bearer {served.key()}"}
     ready = httpx.get(f"{served.url}/readyz", timeout=10).json()
-    assert ready["embedded"] is True and ready["checks"] == {"database": "ok", "broker": "ok"}
+    assert ready["embedded"] is True
+    assert ready["checks"] == {"database": "ok", "broker": "ok", "disk": "ok"}
     root = ds.make_dataset_dir(tmp_path / "src")
     resp = httpx.post(
         f"{served.url}/v1/datasets",
@@ -162,9 +182,10 @@ def test_sigterm_stops_the_server_and_leaves_no_process_behind(tmp_path: Path) -
     log = tmp_path / "serve.log"
     proc = services.start_mbpo(["serve", "--port", str(services.free_port())], env, log)
     try:
-        services.wait_for(lambda: "ready." in log.read_text(errors="replace"), timeout=90, what="worker")
+        services.wait_for(lambda: services.local_workers_ready(log), timeout=90, what="workers")
         tree = _process_tree(proc.pid)
-        assert len(tree) >= 3, tree  # the server, its worker and the worker's pool child
+        # the server, its two workers and the run worker's pool child
+        assert len(tree) >= 4 and set(_worker_pids(proc.pid)) == {s.name for s in LOCAL_WORKERS}, tree
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) != -signal.SIGKILL
         services.wait_for(lambda: not any(_alive(p) for p in tree), timeout=30, what="every process to exit")

@@ -1,15 +1,20 @@
 """Small real models for inference tests: a tiny random Qwen2-VL, a LoRA adapter on it (as a
-training checkpoint saves one) and the same adapter merged into a loadable model directory."""
+training checkpoint saves one) and the same adapter merged into a loadable model directory; and
+settings for either transport of the inference channels."""
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from infra.settings import Settings
 
 WORDS = ["is", "there", "a", "red", "blue", "green", "circle", "square", "in", "the", "image", "yes", "no"]
 QUESTION = "is there a red circle in the image"
@@ -60,3 +65,20 @@ def data_url(data: bytes, mime: str = "image/png") -> str:
 def chat_messages(question: str = QUESTION) -> list[dict[str, object]]:
     """One user turn with an image and `question`, in the OpenAI-style content-parts form."""
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
+
+@contextmanager
+def channel_settings(transport: str, home: Path) -> Iterator[Settings]:
+    """Settings whose inference channels (infra.requests, infra.replies) use `transport`: "file"
+    (embedded: MBPO_HOME) or "redis" (a throwaway key prefix on the test Redis, deleted after)."""
+    from tests.helpers import services
+
+    if transport == "file":
+        yield Settings(env="test", home=home)
+        return
+    services.require_redis()
+    prefix = services.broker_prefix()
+    try:
+        yield Settings(env="test", home=home, broker_url=services.REDIS_URL, broker_key_prefix=prefix)
+    finally:
+        services.delete_redis_prefix(prefix)

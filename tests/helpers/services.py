@@ -8,6 +8,7 @@ Tests that need a service skip when it does not answer, unless MBPO_TEST_REQUIRE
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -150,11 +151,20 @@ def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 20) -> None
     proc.wait()
 
 
+def local_workers_ready(log: Path) -> bool:
+    """Whether each local worker of `mbpo serve` (one for runs, one for inference and datasets) has
+    logged `<name>@<host> ready.` in the server's log."""
+    from mbpo_cli.serve import LOCAL_WORKERS
+
+    text = log.read_text(errors="replace")
+    return all(re.search(rf"\b{spec.name}@\S+ ready\.", text) for spec in LOCAL_WORKERS)
+
+
 @contextmanager
 def embedded_serve(
     args: list[str], env: dict[str, str], log: Path, *, timeout: float = 120
 ) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
-    """`mbpo serve --port <free> ARGS` until its API answers and its local worker is ready; yields
+    """`mbpo serve --port <free> ARGS` until its API answers and its local workers are ready; yields
     (base URL, process) and stops the whole process group afterwards."""
     import httpx
 
@@ -171,7 +181,7 @@ def embedded_serve(
 
     try:
         wait_for(up, timeout=timeout, interval=0.5, what="mbpo serve")
-        wait_for(lambda: "ready." in log.read_text(errors="replace"), timeout=timeout, what="local worker")
+        wait_for(lambda: local_workers_ready(log), timeout=timeout, what="local workers")
         yield url, proc
     finally:
         stop_process_group(proc)

@@ -29,7 +29,7 @@ from api.inference.chat.schemas import (
 from api.inference.dispatch import Replies, error_from_event, send_inference
 from api.inference.images import load_image_url
 from api.inference.models import ResolvedModel, ResolvedModels, resolve_model
-from infra.jobs import TaskName
+from infra.requests import RequestKind
 from infra.settings import Settings
 
 _ROLES = {"developer": "system"}  # OpenAI's newer name for the system role
@@ -129,7 +129,7 @@ async def complete(
     }
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     stack = AsyncExitStack()
-    replies = await stack.enter_async_context(send_inference(settings, TaskName.chat_completion, payload))
+    replies = await stack.enter_async_context(send_inference(settings, RequestKind.chat, payload))
     try:
         if body.stream:
             await replies.until("start")

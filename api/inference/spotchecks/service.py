@@ -21,7 +21,7 @@ from api.inference.models import ResolvedModel, resolve_model
 from api.inference.spotchecks.repository import SpotCheckRepository
 from api.inference.spotchecks.schemas import SpotCheckAnswer, SpotCheckCreate, SpotCheckImage, SpotCheckRead
 from infra.db.models import SpotCheckRecord
-from infra.jobs import TaskName
+from infra.requests import RequestKind
 from infra.settings import Settings
 from mbpo_core.data.verifiers import normalize_open
 
@@ -46,7 +46,7 @@ async def _ask(
         "null_image": body.null_image,
         "max_tokens": body.max_tokens,
     }
-    async with send_inference(settings, TaskName.spot_check, payload) as replies:
+    async with send_inference(settings, RequestKind.spot_check, payload) as replies:
         result = await replies.until("result")
     return SpotCheckAnswer(
         model=model.name,

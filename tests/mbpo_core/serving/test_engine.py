@@ -1,5 +1,5 @@
 """The serving core without Celery: LoRA applied on load, batching of concurrent requests,
-streamed deltas, stop strings, token budgets, LRU eviction under the byte budget."""
+streamed deltas, stop strings, token budgets, LRU eviction under the byte budget, concurrent loads."""
 
 from __future__ import annotations
 
@@ -129,6 +129,26 @@ def test_lru_eviction_keeps_loaded_weights_within_the_budget(tiny: TinyModels) -
     cache.chat(c, _request())
     assert cache.keys() == ["a", "c"]
     assert cache.loaded_bytes <= cache.budget_bytes
+
+
+def test_different_models_requested_at_once_both_load(tiny: TinyModels) -> None:
+    """Two threads loading two models at once (a spot-check's models on a fresh worker): transformers'
+    loading is not thread-safe, so the cache loads one at a time."""
+    cache = ModelCache(1 << 30)
+    sources = [ModelSource("base", str(tiny.base)), ModelSource("merged", str(tiny.merged / "model"))]
+    results: dict[str, str] = {}
+
+    def ask(source: ModelSource) -> None:
+        results[source.key] = cache.chat(source, _request()).text
+
+    threads = [threading.Thread(target=ask, args=(source,)) for source in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    image = serving.pixels_from_bytes(png_bytes()).unsqueeze(0)
+    expected = {s.key: load_adapter(s.path).generate(image, [QUESTION], max_new_tokens=6)[0] for s in sources}
+    assert results == expected
 
 
 def test_spot_check_answers_with_and_without_the_image(tiny: TinyModels) -> None:
