@@ -34,13 +34,15 @@ def pgd_perturb(
     steps: int,
     random_start: bool = False,
     generator: torch.Generator | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """(B, H, W, 3) clean pixels -> perturbed pixels that lower each sample's answer log-prob.
 
     x_{t+1} = Proj(x_t - step_size * sign(grad_x log p(y_gt | x_t))), x_0 = the clean image or, with
     `random_start`, a uniform point of the eps-ball (drawn from `generator` on the CPU so a seed
     gives the same start on any device). One forward + backward per step; model weights receive no
-    gradient (only the pixels are differentiated).
+    gradient (only the pixels are differentiated). `should_stop` is asked before every step (a
+    batch of a large model takes long); a yes raises `Interrupted`.
     """
     clean = pixels.detach()
     adv = clean.clone()
@@ -48,10 +50,20 @@ def pgd_perturb(
         noise = torch.rand(clean.shape, generator=generator, dtype=clean.dtype).to(clean.device)
         adv = project(clean + (2 * noise - 1) * eps, clean, eps)
     for _ in range(steps):
+        interrupt_if(should_stop)
         adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(logprob_fn(adv).sum(), adv)
         adv = project(adv.detach() - step_size * grad.sign(), clean, eps)
     return adv.detach()
+
+
+class Interrupted(Exception):
+    """A stop was requested in the middle of a mining batch; what the batch computed is dropped."""
+
+
+def interrupt_if(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise Interrupted
 
 
 def random_sign_noise(

@@ -48,7 +48,14 @@ from mbpo_core.data.manifest import (
     resolve_image_path,
 )
 from mbpo_core.data.verifiers import is_correct, normalize_open, normalize_yes_no, parse_answer
-from mbpo_core.mining.attack import bucket_by_size, pgd_perturb, quantize_uint8, random_sign_noise
+from mbpo_core.mining.attack import (
+    Interrupted,
+    bucket_by_size,
+    interrupt_if,
+    pgd_perturb,
+    quantize_uint8,
+    random_sign_noise,
+)
 from mbpo_core.mining.report import Record, summarize_records
 from mbpo_core.mining.store import append_line, check_run_settings, read_lines, save_pair_images, write_atomic
 from mbpo_core.models.base import VLMAdapter
@@ -198,6 +205,8 @@ def map_with_fallback(fn: Callable[[list[int]], Sequence[T]], n: int) -> tuple[d
     sample costs only itself. Returns (result by index, "error:<ExceptionType>" by failed index)."""
     try:
         return dict(enumerate(fn(list(range(n))))), {}
+    except Interrupted:
+        raise
     except Exception:
         if n == 1:
             return {}, {0: _error_reason()}
@@ -206,6 +215,8 @@ def map_with_fallback(fn: Callable[[list[int]], Sequence[T]], n: int) -> tuple[d
     for i in range(n):
         try:
             (results[i],) = fn([i])
+        except Interrupted:
+            raise
         except Exception:  # any failure of one sample is counted, never raised
             errors[i] = _error_reason()
     return results, errors
@@ -254,15 +265,21 @@ def _sample_generator(seed: int, sample_id: str, salt: str) -> torch.Generator:
 
 
 def mine_batch(
-    adapter: VLMAdapter, pixels: torch.Tensor, samples: Sequence[ManifestSample], config: MBPOConfig
+    adapter: VLMAdapter,
+    pixels: torch.Tensor,
+    samples: Sequence[ManifestSample],
+    config: MBPOConfig,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[Record], torch.Tensor]:
     """Mine one batch of same-size images. Returns one record per sample (without file paths) and
     the quantised PGD images (B, H, W, 3) (rows of samples not attacked are the clean image).
-    Records keep `status` "attacked" (clean answer correct) or "clean_wrong" either way."""
+    Records keep `status` "attacked" (clean answer correct) or "clean_wrong" either way.
+    `should_stop` is asked between the batch's decodes and attack steps (`Interrupted`)."""
     questions = [s.question for s in samples]
     answers = [s.answer for s in samples]
     decode = _decoder(adapter, config)
     clean_pred = decode(pixels, questions)
+    interrupt_if(should_stop)
     null_pred = decode(null_pixels(pixels, config.iig.null_image, seed=config.seed), questions)
     records: list[Record] = []
     for s, clean, null in zip(samples, clean_pred, null_pred, strict=True):
@@ -301,8 +318,10 @@ def mine_batch(
             steps=attack.steps,
             random_start=attack.random_start,
             generator=start,
+            should_stop=should_stop,
         )
     )
+    interrupt_if(should_stop)
     adv_all[idx] = adv
     with torch.no_grad():
         logp_clean = logprob(sub_pixels).tolist()
@@ -314,6 +333,7 @@ def mine_batch(
     # answered correctly on the clean image: the others need no noise run.
     baseline = [j for j, i in enumerate(idx) if records[i]["status"] == "attacked"]
     if config.mining.random_noise_baseline and baseline:
+        interrupt_if(should_stop)
         noisy = quantize_uint8(
             torch.cat(
                 [
@@ -383,8 +403,10 @@ def mine(
     *,
     limit: int | None = None,
     on_progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> MiningSummary:
-    """Mine hard negatives from `manifest` into `out_dir` (see the module docstring)."""
+    """Mine hard negatives from `manifest` into `out_dir` (see the module docstring). A yes from
+    `should_stop` inside a batch raises `Interrupted`; the finished batches are kept."""
     manifest, out = Path(manifest), Path(out_dir)
     (out / "perturbed").mkdir(parents=True, exist_ok=True)
     check_run_settings(out, _run_settings(config, manifest))
@@ -411,7 +433,9 @@ def mine(
         def mine_group(
             group: list[int], batch: list[PoolSample] = batch, pixels: torch.Tensor = pixels
         ) -> list[Any]:
-            records, adv = mine_batch(adapter, pixels[group], [batch[i].sample for i in group], config)
+            records, adv = mine_batch(
+                adapter, pixels[group], [batch[i].sample for i in group], config, should_stop
+            )
             return list(zip(records, adv, strict=True))
 
         mined, errors = map_with_fallback(mine_group, len(batch))

@@ -341,6 +341,7 @@ def mine(
         layout.write_json(layout.stage_file("mining"), result)
         return result
     from mbpo_core.mining import mine as mining
+    from mbpo_core.mining.attack import Interrupted
 
     progress = _Progress("mining", report, should_stop)
 
@@ -357,7 +358,10 @@ def mine(
             layout.mining_dir,
             config,
             on_progress=on_progress,
+            should_stop=should_stop,
         )
+    except Interrupted as exc:
+        raise StageCancelled("mining") from exc
     except ValueError as exc:  # the directory was mined with other settings
         raise PipelineError("mining_settings_changed", str(exc)) from exc
     result = summary.to_dict()

@@ -17,24 +17,38 @@ import pytest
 from tests.helpers.services import services_required
 
 
-@contextlib.contextmanager
-def small_filesystem(where: Path, size_mib: int) -> Iterator[Path]:
-    """`where`, created and mounted as a tmpfs of `size_mib` MiB for the duration of the block."""
+def mount_tmpfs(where: Path, size_mib: int) -> str | None:
+    """Mount a tmpfs of `size_mib` MiB on `where` (created); None on success, else why it failed."""
     where.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(where)],
         capture_output=True,
         text=True,
     )
-    if mounted.returncode != 0:
-        message = f"cannot mount a tmpfs for a disk-full test: {mounted.stderr.strip()}"
-        if services_required():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    return None if mounted.returncode == 0 else f"cannot mount a tmpfs: {mounted.stderr.strip()}"
+
+
+def unmount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def skip_without_mount(why: str) -> None:
+    message = f"{why} (a disk-full test needs root to mount a small filesystem)"
+    if services_required():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@contextlib.contextmanager
+def small_filesystem(where: Path, size_mib: int) -> Iterator[Path]:
+    """`where`, mounted as a tmpfs of `size_mib` MiB for the duration of the block."""
+    failed = mount_tmpfs(where, size_mib)
+    if failed is not None:
+        skip_without_mount(failed)
     try:
         yield where
     finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+        unmount(where)
 
 
 def fill(directory: Path, leave_bytes: int = 0) -> Path:

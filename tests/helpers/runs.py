@@ -177,3 +177,10 @@ def read_sse(
                 name, _, value = line.partition(":")
                 block[name] = value.lstrip(" ")
     return events, pings, True
+
+
+def checkpoint_dirs(checkpoints: Path) -> list[str]:
+    """Names of the published checkpoints (`checkpoint-N`) in a run's checkpoints directory."""
+    if not checkpoints.is_dir():
+        return []
+    return sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("checkpoint-"))

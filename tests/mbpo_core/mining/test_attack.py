@@ -124,3 +124,30 @@ def test_bucket_by_size_groups_and_chunks() -> None:
     assert bucket_by_size([], 4) == []
     with pytest.raises(ValueError):
         bucket_by_size(sizes, 0)
+
+
+def test_a_stop_request_interrupts_the_attack_and_is_never_swallowed_as_a_sample_error() -> None:
+    from mbpo_core.mining.attack import Interrupted
+    from mbpo_core.mining.mine import map_with_fallback
+
+    pixels = torch.rand(2, 8, 8, 3)
+    asked: list[int] = []
+
+    def stop_after_two_steps() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    def logprob(x: torch.Tensor) -> torch.Tensor:
+        return -(x**2).flatten(1).sum(1)
+
+    with pytest.raises(Interrupted):
+        pgd_perturb(logprob, pixels, eps=0.1, step_size=0.05, steps=10, should_stop=stop_after_two_steps)
+    assert len(asked) == 3  # two steps ran, the third was not started
+
+    def attack_group(group: list[int]) -> list[torch.Tensor]:
+        return [
+            pgd_perturb(logprob, pixels[group], eps=0.1, step_size=0.05, steps=3, should_stop=lambda: True)
+        ]
+
+    with pytest.raises(Interrupted):
+        map_with_fallback(attack_group, 2)  # not retried sample by sample, not counted as an error
