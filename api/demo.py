@@ -95,7 +95,7 @@ def register_demo(session: Session, settings: Settings, user_name: str, testbed:
     if owner is None:
         raise ValueError(f"user {user_name!r} does not exist")
     owner_id = owner.id
-    jobs = JobQueue()
+    jobs = JobQueue(session)
     model_id = _model(session, owner_id, root / "base_model")
     datasets = {
         split: _dataset(session, jobs, owner_id, split, root / "datasets" / split) for split in DEMO_SPLITS

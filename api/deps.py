@@ -58,8 +58,11 @@ def get_session(
     factory: Annotated[sessionmaker[Session], Depends(get_session_factory)],
     _slot: Annotated[None, Depends(database_slot, scope="function")],
 ) -> Iterator[Session]:
-    """The only place that commits. Jobs are sent after the commit succeeded, never before."""
+    """The only place that commits. Jobs are written to the outbox in the request's transaction
+    and sent after the commit succeeded, never before; one the broker refused stays in the outbox
+    (the relay sends it), so the request still succeeds."""
     session = factory()
+    jobs.bind(session)
     try:
         yield session
         session.commit()
@@ -70,12 +73,7 @@ def get_session(
     finally:
         session.close()
     if jobs.pending:
-        try:
-            jobs.send(get_celery(settings))
-        except Exception:
-            # The row is committed; failing the request would invite a duplicate. The worker's
-            # startup sweep re-enqueues jobs whose message never made it.
-            log.exception("could not enqueue jobs; they will be picked up by the next sweep")
+        jobs.send(get_celery(settings))
 
 
 # scope="function": commit (and enqueue) before the response is sent, so a client never sees a

@@ -1,7 +1,8 @@
 """The one error family of the API and the one place its handlers are registered.
 
 Every error response is `{"error": {"code": str, "message": str, "field"?: str}}`. Services raise
-`AppError` subclasses; request validation errors become 422 naming the offending field.
+`AppError` subclasses; request validation errors become 422 naming the offending field; an
+unreachable database or broker is a 503 `service_unavailable` with `Retry-After`, never a 500.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu import exceptions as kombu_exc
+from redis import exceptions as redis_exc
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from infra.db.outage import is_connection_error
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +90,7 @@ class Unprocessable(AppError):
 
 class ServiceUnavailable(AppError):
     status_code = 503
-    code = "unavailable"
+    code = "service_unavailable"
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -157,8 +163,55 @@ async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
 
 
+# How long a client is told to wait when the database or the broker is unreachable (Retry-After).
+RETRY_AFTER_SECONDS = 5
+# What an outage raises: the database (a dropped or refused connection, an exhausted pool) and the
+# broker (kombu's connection errors, redis' of the event and inference channels).
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.DBAPIError,  # only those about the connection, see _unreachable
+    sa_exc.TimeoutError,
+    kombu_exc.OperationalError,
+    redis_exc.ConnectionError,
+    redis_exc.TimeoutError,
+)
+
+
+def _unreachable(exc: Exception) -> str | None:
+    """The dependency `exc` says is unreachable ("database" or "broker"), or None for other errors."""
+    if is_connection_error(exc):
+        return "database"
+    if isinstance(exc, kombu_exc.OperationalError | redis_exc.ConnectionError | redis_exc.TimeoutError):
+        return "broker"
+    return None
+
+
+async def _outage(request: Request, exc: Exception) -> JSONResponse:
+    """503 with Retry-After, never a 500, while the database or the broker cannot be reached."""
+    what = _unreachable(exc)
+    if what is None:
+        return await _unhandled(request, exc)
+    cause = getattr(exc, "orig", None) or exc
+    first_line = (str(cause).strip().splitlines() or [""])[0]  # no SQL, no parameters
+    log.warning(
+        "%s %s: %s unreachable: %s: %s",
+        request.method,
+        request.url.path,
+        what,
+        type(cause).__name__,
+        first_line,
+    )
+    code, message = "service_unavailable", f"the {what} is unreachable; retry later"
+    if _openai_compatible(request):
+        body = openai_error_body(code, message, None, 503)
+    else:
+        body = error_body(code, message)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for error in OUTAGE_ERRORS:
+        app.add_exception_handler(error, _outage)
     app.add_exception_handler(Exception, _unhandled)

@@ -1,5 +1,5 @@
 """The job contract between the API and the workers: task names, queues, one routing table, the
-Celery configuration, and the after-commit job queue of a request.
+Celery configuration, and the job queue of a request (its jobs go through the outbox, infra.outbox).
 
 Both sides import this module (it has no fastapi import); the worker registers implementations
 under these names, the API only sends by name, so it never imports worker code (or torch).
@@ -18,7 +18,9 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange
 from kombu import Queue as KombuQueue
+from sqlalchemy.orm import Session
 
+from infra import outbox
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,30 +107,42 @@ def get_celery(settings: Settings) -> Celery:
         return _clients[key]
 
 
-@dataclass(frozen=True)
-class Job:
-    name: TaskName
-    args: tuple[str, ...]
+def sender(celery: Celery) -> outbox.SendJob:
+    """Send a job (task name, args) through `celery`: what the outbox calls."""
+
+    def send(name: str, args: list[str]) -> None:
+        celery.send_task(name, args=args)
+
+    return send
 
 
 @dataclass
 class JobQueue:
-    """Jobs a request wants to start; sent only after its transaction committed.
+    """Jobs a request wants to start, written to the outbox in the request's transaction (`bind`
+    the session first) and sent only after it committed (`send`).
 
     Sending before the commit would let a fast worker look for a row that does not exist yet (or
-    never will, if the commit fails)."""
+    never will, if the commit fails); sending only from memory after the commit would lose the job
+    if the broker is down then. A job the broker refused stays in the outbox for the relay."""
 
-    jobs: list[Job] = field(default_factory=list)
+    session: Session | None = None
+    outbox_ids: list[int] = field(default_factory=list)
     rollback_hooks: list[Callable[[], None]] = field(default_factory=list)
     commit_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    def bind(self, session: Session) -> None:
+        """The session whose transaction the jobs are written in."""
+        self.session = session
 
     @property
     def pending(self) -> bool:
         """Whether anything waits for the commit (jobs to send or hooks to run)."""
-        return bool(self.jobs or self.commit_hooks)
+        return bool(self.outbox_ids or self.commit_hooks)
 
     def enqueue(self, name: TaskName, *ids: str) -> None:
-        self.jobs.append(Job(name, ids))
+        if self.session is None:
+            raise RuntimeError("JobQueue.enqueue needs the request's session (JobQueue.bind)")
+        self.outbox_ids.append(outbox.add(self.session, name.value, ids))
 
     def on_rollback(self, hook: Callable[[], None]) -> None:
         """Undo a side effect outside the database (files written) if the transaction fails."""
@@ -139,8 +153,8 @@ class JobQueue:
         self.commit_hooks.append(hook)
 
     def discard(self) -> None:
-        """The transaction failed: drop the jobs and undo the side effects."""
-        self.jobs.clear()
+        """The transaction failed: its outbox rows are gone with it; undo the side effects."""
+        self.outbox_ids.clear()
         self.commit_hooks.clear()
         hooks, self.rollback_hooks = self.rollback_hooks, []
         for hook in reversed(hooks):
@@ -150,11 +164,20 @@ class JobQueue:
                 log.exception("rollback hook failed")
 
     def send(self, celery: Celery) -> None:
+        """After the commit: send the jobs and delete their outbox rows (a new short transaction of
+        the bound session, committed or closed), then run the after-commit hooks. Never raises: a
+        job that could not be sent stays in the outbox and the relay sends it once the broker (or
+        the database) answers."""
         self.rollback_hooks.clear()
-        jobs, self.jobs = self.jobs, []
-        for job in jobs:
-            celery.send_task(job.name.value, args=list(job.args))
-            log.info("enqueued %s%s", job.name.value, list(job.args))
+        ids, self.outbox_ids = self.outbox_ids, []
+        try:
+            if ids:
+                assert self.session is not None  # enqueue needed it
+                result = outbox.send_jobs(self.session, sender(celery), ids)
+                if result.failed:
+                    log.warning("broker unreachable (%s); the relay will send the job(s)", result.error)
+        except Exception:
+            log.exception("could not send jobs after the commit; the relay will send them later")
         hooks, self.commit_hooks = self.commit_hooks, []
         for hook in hooks:
             try:

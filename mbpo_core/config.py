@@ -155,10 +155,11 @@ class TrainConfig(_Section):
         25, ge=1, le=MAX_STEPS, description="Checkpoint every N steps (and at the end)."
     )
     keep_checkpoints: StrictInt | None = Field(
-        None,
+        3,
         ge=1,
         le=1000,
-        description="Keep only the newest N checkpoints (None keeps all; each holds a full model).",
+        description="Keep only the newest N complete checkpoints, older ones are deleted after each "
+        "save (each holds a full model); null keeps all.",
     )
     gradient_checkpointing: StrictBool = Field(
         True, description="Recompute activations in the backward pass to save GPU memory; always off on CPU."

@@ -2,6 +2,7 @@
 `worker.tasks`, what starts with a worker process (the run sweeper, the re-sending of dataset
 validations that lost their message, and in a worker that consumes the `inference` queue the
 consumer of inference requests, worker.inference) and what a graceful stop does (worker.shutdown).
+Every worker also runs the outbox relay (infra.outbox), which sends the jobs the API could not.
 
 Built by `create_worker_app()` (called by `mbpo worker`), never at import time.
 """
@@ -18,6 +19,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 import worker.tasks  # noqa: F401  (registers the shared tasks on every app built here)
 from infra.db.session import make_engine, make_session_factory
 from infra.jobs import Queue, TaskName, create_celery
+from infra.outbox import Relay
 from infra.settings import Settings, get_settings
 from worker.datasets import stale_validations
 from worker.inference import InferenceConsumer
@@ -70,6 +72,23 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     _sweeper.start()
 
 
+_relay: Relay | None = None
+
+
+@worker_ready.connect
+def _start_relay(sender: Any = None, **_: Any) -> None:
+    global _relay
+    if sender is None or _relay is not None:
+        return
+    app = sender.app
+
+    def send(name: str, args: list[str]) -> None:
+        app.send_task(name, args=args)
+
+    _relay = Relay(get_settings(), send)
+    _relay.start()
+
+
 _inference: InferenceConsumer | None = None
 # How long a stopping worker lets the inference requests it holds finish (a requester is waiting).
 INFERENCE_STOP_GRACE_SECONDS = 30.0
@@ -96,6 +115,8 @@ def _hand_runs_back(**_: Any) -> None:
 def _stop_sweeper(**_: Any) -> None:
     if _sweeper is not None:
         _sweeper.stop.set()
+    if _relay is not None:
+        _relay.stop.set()
 
 
 @worker_shutdown.connect

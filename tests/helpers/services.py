@@ -185,3 +185,149 @@ def embedded_serve(
         yield url, proc
     finally:
         stop_process_group(proc)
+
+
+# ---- private servers that a test may stop (outages) ------------------------------------------
+# The shared PostgreSQL and Redis above must never be stopped by a test; these run on free ports
+# of their own, in a directory of the test, as long as the fixture that started them.
+
+PG_BIN = Path(os.environ.get("MBPO_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _run_quietly(cmd: list[str], what: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+
+
+class PrivateRedis:
+    """A `redis-server` of its own (no persistence) on a free port; `stop()` and `start()` again on
+    the same port simulate a broker outage."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[Any] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_connect_timeout=2)
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            ["redis-server", *args, "--dir", str(self.workdir)],
+            stdout=(self.workdir / "redis.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, "redis-server exited"
+            try:
+                return bool(self.client().ping())
+            except Exception:
+                return False
+
+        wait_for(up, timeout=30, interval=0.1, what="private redis-server")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@contextmanager
+def private_redis(workdir: Path) -> Iterator[PrivateRedis]:
+    """A started PrivateRedis; skipped (failed under MBPO_TEST_REQUIRE_SERVICES=1) without
+    `redis-server`."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        _unavailable("redis-server (for a private Redis)", "not installed")
+    server = PrivateRedis(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own (`initdb`, `pg_ctl`) on a free port, trust authentication,
+    user `postgres`; `stop()` and `start()` again simulate a database outage. As root (this
+    machine, CI containers) the server runs as the `postgres` system user, since PostgreSQL refuses
+    root; `workdir` must then be reachable by that user (private_postgres uses one under /tmp)."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        self.data = workdir / "data"
+
+    def _as_server_user(self, cmd: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+    def init(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.workdir, "postgres", "postgres")
+        initdb = [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-N"]
+        _run_quietly(self._as_server_user([*initdb, "--no-instructions"]), "initdb")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = self.workdir / "postgres.log"
+        pg_ctl = [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", options, "-w", "start"]
+        _run_quietly(self._as_server_user(pg_ctl), "pg_ctl start")
+
+    def stop(self) -> None:
+        """A fast shutdown: every connection is dropped, as in a restart or failover."""
+        pg_ctl = [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]
+        _run_quietly(self._as_server_user(pg_ctl), "pg_ctl stop")
+
+    @property
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+
+@contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A started PrivatePostgres with a migrated database `mbpo` (url: `.url("mbpo")`), in a
+    directory of its own under the system's temporary directory, removed afterwards; skipped
+    (failed under MBPO_TEST_REQUIRE_SERVICES=1) without the PostgreSQL server binaries."""
+    import shutil
+    import tempfile
+
+    import psycopg
+
+    from infra.db.migrate import upgrade_to_head
+
+    if not (PG_BIN / "initdb").exists():
+        _unavailable("PostgreSQL server binaries (for a private cluster)", f"no {PG_BIN / 'initdb'}")
+    server = PrivatePostgres(Path(tempfile.mkdtemp(prefix="mbpo-test-pg-")))
+    try:
+        server.init()
+        server.start()
+        admin = f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute('CREATE DATABASE "mbpo"')
+        upgrade_to_head(server.url("mbpo"))
+        yield server
+    finally:
+        from infra.db.session import get_engine
+
+        get_engine.cache_clear()
+        if server.running:
+            server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)

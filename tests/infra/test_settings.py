@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
 
 from infra.settings import Settings, get_settings
 
@@ -54,6 +54,25 @@ def test_invalid_values_are_refused(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("MBPO_MAX_UPLOAD_BYTES", "-1")
     with pytest.raises(ValidationError, match="max_upload_bytes"):
         get_settings()
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/configuration.md has a row for every setting (under one of its variable names) and none
+    for a setting that does not exist."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    rows = set(re.findall(r"^\| `([A-Z_]+)` \|", doc, re.MULTILINE))
+    undocumented = []
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        names = (
+            {str(c) for c in alias.choices} if isinstance(alias, AliasChoices) else {f"MBPO_{name.upper()}"}
+        )
+        if not names & rows:
+            undocumented.append(sorted(names)[0])
+    assert undocumented == [], "add these to the settings table of docs/configuration.md"
+    assert rows <= Settings.env_names(), rows - Settings.env_names()
 
 
 def test_importing_the_app_builds_nothing(clean_env: pytest.MonkeyPatch) -> None:

@@ -287,7 +287,8 @@ def test_killed_worker_is_resumed_by_a_new_one(
 def test_a_stopping_worker_hands_its_run_back_without_spending_an_attempt(
     client: httpx.Client, refs: dict[str, Any], stack: rh.Stack
 ) -> None:
-    config = rh.quick_config(max_steps=6, save_steps=1)
+    # Every checkpoint kept: the one written at the hand-back must still be listed at the end.
+    config = rh.quick_config(max_steps=6, save_steps=1, keep_checkpoints=None)
     body = _body(refs, "graceful", config, offline=False, evals=["pope_adversarial"])
     run_id = client.post("/v1/runs", json=body).json()["id"]
     _wait_step(client, run_id, 2)

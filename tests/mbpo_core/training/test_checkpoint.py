@@ -1,4 +1,5 @@
-"""Checkpoints: exact resume after an interruption, atomic layout, and loadable merged models."""
+"""Checkpoints: exact resume after an interruption, atomic layout, bounded rotation by default, and
+loadable merged models."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import pytest
 import torch
 from peft import get_peft_model
 
+from mbpo_core.config import MBPOConfig
 from mbpo_core.models.loader import load_adapter
 from mbpo_core.training import checkpoint
-from mbpo_core.training.arguments import peft_config
+from mbpo_core.training.arguments import grpo_config, peft_config
 from mbpo_core.training.session import train_policy
 
 from .conftest import tiny_config
@@ -52,6 +54,33 @@ def test_interrupted_run_resumes_to_the_same_losses(tiny_model_dir, tiny_data, t
     run_dir = tmp_path / "resumed" / "checkpoints"
     assert checkpoint.checkpoint_steps(run_dir) == [1, 2, 4]
     assert not list(run_dir.glob(".staging-*")) and not list(run_dir.rglob("training_args.bin"))
+
+
+def test_by_default_the_newest_three_complete_checkpoints_are_kept(tmp_path):
+    """A long run no longer fills the disk: the default keeps 3 (null, explicitly, keeps all), and
+    rotation removes old checkpoints only after the new one is in place, so the newest complete
+    checkpoint (what resume reads) always exists."""
+    train = MBPOConfig.model_validate({}).train
+    assert train.keep_checkpoints == 3
+    assert MBPOConfig.model_validate({"train": {"keep_checkpoints": None}}).train.keep_checkpoints is None
+    args = grpo_config(train, output_dir=tmp_path / "args", seed=0, use_cpu=True, bf16=False)
+    assert args.save_total_limit == 3  # what the trainer hands to checkpoint.publish as `keep`
+
+    def write_model(target):
+        target.mkdir()
+        (target / "config.json").write_text("{}")
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for step in range(1, 7):
+        staged = checkpoint.staging_dir(run_dir, step) / f"checkpoint-{step}"
+        staged.mkdir(parents=True)
+        (staged / "trainer_state.json").write_text("{}")
+        checkpoint.publish(staged, run_dir, step, write_model=write_model, keep=args.save_total_limit)
+        assert checkpoint.latest_checkpoint(run_dir) == run_dir / f"checkpoint-{step}"
+        assert (run_dir / f"checkpoint-{step}" / "model" / "config.json").exists()
+    assert checkpoint.checkpoint_steps(run_dir) == [4, 5, 6]
+    assert not list(run_dir.glob(".staging-*"))
 
 
 def test_resume_refuses_checkpoints_outside_the_run(tmp_path):
