@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_error_handlers(app)
     app.add_middleware(JsonBodyLimit, settings=settings)
     # Fewer request sessions than pooled connections (see api.limits).
-    app.state.db_slot_count = slot_count(settings.db_pool_size, settings.db_max_overflow)
+    app.state.db_slot_count = slot_count(settings.db_pool_size)
 
     app.include_router(health_router)
     # Authentication on the router: no /v1 route can forget it.

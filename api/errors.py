@@ -215,3 +215,18 @@ def register_error_handlers(app: FastAPI) -> None:
     for error in OUTAGE_ERRORS:
         app.add_exception_handler(error, _outage)
     app.add_exception_handler(Exception, _unhandled)
+
+
+class TooManyRequests(AppError):
+    """A per-key rate limit was reached (api.rate_limits); `Retry-After` says when to try again."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+# OpenAI marks a limit on the request rate with the type "requests" (its clients raise RateLimitError
+# on the status alone).
+_OPENAI_TYPES[429] = "requests"

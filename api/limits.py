@@ -8,6 +8,10 @@ gives it back after the session closed; there are fewer slots than connections, 
 serving the short single-hop transactions (authentication, readiness). Requests over the limit
 wait on the event loop, holding neither a thread nor a connection. Routes that take no request
 session (event streams, chat waits) are not limited here.
+
+The slots stay within the kept pool (`db_pool_size`), not the overflow: the pool closes an
+overflow connection as soon as it is returned, so sessions beyond the pool would open a new
+database connection (a new PostgreSQL backend) every few requests under load.
 """
 
 from __future__ import annotations
@@ -18,14 +22,20 @@ import anyio
 from fastapi import Request
 
 
-def slot_count(pool_size: int, max_overflow: int) -> int:
-    return max(pool_size + max_overflow - 1, 1)
+def slot_count(pool_size: int) -> int:
+    return max(pool_size - 1, 1)
 
 
-async def database_slot(request: Request) -> AsyncIterator[None]:
+def database_slots(request: Request) -> anyio.Semaphore:
+    """The process's slots: request sessions (`database_slot`) and read units (`api.deps.Reader`)
+    share them."""
     state = request.app.state
     semaphore: anyio.Semaphore | None = getattr(state, "db_slots", None)
     if semaphore is None:  # created inside the running event loop, once (no await in between)
         semaphore = state.db_slots = anyio.Semaphore(state.db_slot_count)
-    async with semaphore:
+    return semaphore
+
+
+async def database_slot(request: Request) -> AsyncIterator[None]:
+    async with database_slots(request):
         yield

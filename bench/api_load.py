@@ -1,11 +1,15 @@
 """Load benchmark of the read API on the production stack: uvicorn workers (`mbpo api`) against
 PostgreSQL, driven by wrk.
 
-Measures p50/p99 latency, requests/s and errors for
+Measures p50/p99 latency, requests/s, errors, and the CPU per request of the server processes
+and of the PostgreSQL backends serving them, for
+  GET /healthz                  (the baseline: the framework floor, no authentication, no database)
   GET /v1/datasets/{id}         (one dataset with its stats and validation report)
   GET /v1/datasets?limit=50     (a page of 50, newest first)
-at 50 and 200 concurrent connections. Goal on a 2-core machine: zero errors and p99 < 100 ms at
-50 clients.
+at 50 and 200 concurrent connections. Each route is also given as a ratio to the baseline measured
+in the same run at the same concurrency (latency and CPU per request), and the load average of the
+machine is printed before and after: on a shared machine, compare runs only through those.
+Goal on a 2-core machine: zero errors and p99 < 100 ms for GET /v1/datasets/{id} at 50 clients.
 
     .venv/bin/python bench/api_load.py [--clients 50,200] [--duration 15] [--workers 2]
 
@@ -26,7 +30,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -117,9 +123,8 @@ def parse_wrk(output: str) -> dict[str, float]:
     }
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User+system CPU of every process in the server's process group: a cost per request that,
-    unlike latency, does not depend on what else the (shared) machine is doing."""
+def _cpu_seconds(select: Callable[[Path, list[str]], bool]) -> float:
+    """User+system CPU of the processes `select(proc_dir, stat_fields)` picks."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for entry in Path("/proc").iterdir():
@@ -127,11 +132,29 @@ def group_cpu_seconds(pgid: int) -> float:
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if select(entry, fields):
+                total += int(fields[11]) + int(fields[12])  # utime, stime
         except OSError:
             continue
-        if int(fields[2]) == pgid:  # field 5 (pgrp), counted after the command name
-            total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / tick
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU of every process in the server's process group: a cost per request that, unlike
+    latency, does not depend on what else the (shared) machine is doing."""
+    return _cpu_seconds(lambda _, fields: int(fields[2]) == pgid)  # pgrp, counted after the name
+
+
+def postgres_cpu_seconds(database: str) -> float:
+    """CPU of the PostgreSQL backends connected to `database` (their process title names it)."""
+    prefix = b"postgres: "
+    marker = f" {database} ".encode()
+
+    def serves(entry: Path, _: list[str]) -> bool:
+        title = (entry / "cmdline").read_bytes()
+        return title.startswith(prefix) and marker in title
+
+    return _cpu_seconds(serves)
 
 
 def run_wrk(url: str, key: str, clients: int, duration: int, threads: int) -> dict[str, float]:
@@ -149,6 +172,51 @@ def run_wrk(url: str, key: str, clients: int, duration: int, threads: int) -> di
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return parse_wrk(out)
+
+
+BASELINE = "GET /healthz"
+GOAL = ("GET /v1/datasets/{id}", 50, 100.0)  # endpoint, clients, p99 ms
+
+
+def report(
+    results: list[dict[str, Any]],
+    args: argparse.Namespace,
+    load_before: tuple[float, float, float],
+    load_after: tuple[float, float, float],
+) -> None:
+    """The table, each route as a ratio to the baseline at the same concurrency, and the goal."""
+    baseline = {r["clients"]: r for r in results if r["endpoint"] == BASELINE}
+    print(
+        f"\n{os.cpu_count()} CPUs, uvicorn workers={args.workers}, wrk threads={args.wrk_threads}, "
+        f"{args.duration}s per scenario; load average (1, 5, 15 min) before "
+        f"{' '.join(f'{x:.2f}' for x in load_before)}, after {' '.join(f'{x:.2f}' for x in load_after)}"
+    )
+    print(
+        "| endpoint | clients | p50 ms | p99 ms | req/s | errors | server CPU ms/req | "
+        "postgres CPU ms/req | p99 / baseline | server CPU / baseline |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        floor = baseline.get(r["clients"])
+        p99_ratio = f"{r['p99_ms'] / floor['p99_ms']:.1f}x" if floor else "-"
+        cpu_ratio = (
+            f"{r['server_cpu_ms_per_req'] / floor['server_cpu_ms_per_req']:.1f}x"
+            if floor and floor["server_cpu_ms_per_req"] > 0
+            else "-"
+        )
+        print(
+            f"| `{r['endpoint']}` | {r['clients']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['rps']:.0f} | {r['errors']} | {r['server_cpu_ms_per_req']:.2f} | "
+            f"{r['postgres_cpu_ms_per_req']:.2f} | {p99_ratio} | {cpu_ratio} |"
+        )
+    endpoint, clients, limit = GOAL
+    for r in results:
+        if (r["endpoint"], r["clients"]) == (endpoint, clients):
+            met = r["errors"] == 0 and r["p99_ms"] < limit
+            print(
+                f"\ngoal ({endpoint}, {clients} clients: no errors, p99 < {limit:.0f} ms): "
+                f"{'met' if met else 'NOT met'} (p99 {r['p99_ms']:.1f} ms, {r['errors']} errors)"
+            )
 
 
 def main() -> None:
@@ -220,36 +288,31 @@ def main() -> None:
         assert len(page["data"]) == 50 and page["next_cursor"]
 
         endpoints = {
+            BASELINE: f"{base}/healthz",
             "GET /v1/datasets/{id}": f"{base}/v1/datasets/{dataset_id}",
             "GET /v1/datasets?limit=50": f"{base}/v1/datasets?limit=50",
         }
         run_wrk(endpoints["GET /v1/datasets/{id}"], key, 20, 3, args.wrk_threads)  # warm-up
+        load_before = os.getloadavg()
         results = []
         for label, target in endpoints.items():
             for clients in (int(c) for c in args.clients.split(",")):
-                cpu_before = group_cpu_seconds(server.pid)
+                cpu_before, pg_before = group_cpu_seconds(server.pid), postgres_cpu_seconds(name)
                 r = run_wrk(target, key, clients, args.duration, args.wrk_threads)
-                r["server_cpu_ms_per_req"] = (
-                    1000 * (group_cpu_seconds(server.pid) - cpu_before) / max(r["requests"], 1)
-                )
+                requests = max(r["requests"], 1)
+                r["server_cpu_ms_per_req"] = 1000 * (group_cpu_seconds(server.pid) - cpu_before) / requests
+                r["postgres_cpu_ms_per_req"] = 1000 * (postgres_cpu_seconds(name) - pg_before) / requests
+                r["load_1min"] = os.getloadavg()[0]
                 results.append({"endpoint": label, "clients": clients, **r})
                 print(
                     f"{label:28s} c={clients:<4d} p50={r['p50_ms']:7.1f} ms  p99={r['p99_ms']:7.1f} ms  "
                     f"{r['rps']:8.1f} req/s  errors={r['errors']}  "
-                    f"server CPU {r['server_cpu_ms_per_req']:.2f} ms/req",
+                    f"CPU/req server {r['server_cpu_ms_per_req']:.2f} ms, postgres "
+                    f"{r['postgres_cpu_ms_per_req']:.2f} ms  (load {r['load_1min']:.2f})",
                     flush=True,
                 )
-        print(
-            f"\n{os.cpu_count()} CPUs, uvicorn workers={args.workers}, wrk threads={args.wrk_threads}, "
-            f"{args.duration}s per scenario"
-        )
-        print("| endpoint | clients | p50 ms | p99 ms | req/s | errors | server CPU ms/req |")
-        print("|---|---|---|---|---|---|---|")
-        for r in results:
-            print(
-                f"| `{r['endpoint']}` | {r['clients']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                f"{r['rps']:.0f} | {r['errors']} | {r['server_cpu_ms_per_req']:.2f} |"
-            )
+        load_after = os.getloadavg()
+        report(results, args, load_before, load_after)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     finally:

@@ -71,11 +71,17 @@ class Settings(BaseSettings):
     thumbnail_size: int = Field(
         128, ge=16, le=1024, description="Longest side of dataset thumbnails, pixels."
     )
-    db_pool_size: int = Field(20, ge=1, description="Database connections kept per process.")
+    db_pool_size: int = Field(
+        20,
+        ge=1,
+        description="Database connections kept per process; an API process runs pool - 1 request "
+        "sessions at once.",
+    )
     db_max_overflow: int = Field(
         10,
         ge=0,
-        description="Extra connections per process under load; pool + overflow - 1 sessions run at once.",
+        description="Extra connections per process, opened and closed again, for the short transactions "
+        "outside the request sessions (authentication, readiness) when the pool is busy.",
     )
     session_secret: SecretStr | None = Field(
         None,

@@ -1,8 +1,8 @@
 """Inference in a worker that consumes the `inference` queue: chat completions and spot-checks.
 
 Requests do not come as Celery tasks: `InferenceConsumer` (started by worker.app when the worker
-consumes the `inference` queue) claims them from the request channel (`infra.requests`) and runs
-each in a thread of its own, at most `--concurrency` at once. The handlers are thin: they decode
+consumes the `inference` queue) runs `--concurrency` threads that claim them from the request
+channel (`infra.requests`) and serve them. The handlers are thin: they decode
 the request, ask this process's `ModelCache` (mbpo_core.serving.engine) for the model and send
 events back through `infra.replies`. The request carries everything (images included): a chat
 completion is not stored anywhere, and the API already resolved the model to directories, so the
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infra.replies import ReplyWriter, open_writer
-from infra.requests import InferenceRequest, RequestKind, RequestSource
+from infra.requests import RequestKind, RequestSource
 from infra.settings import Settings
 
 if TYPE_CHECKING:
@@ -188,56 +188,44 @@ CLAIM_WAIT_S = 1.0  # how long one claim waits for a request: the stop flag is c
 
 
 class InferenceConsumer:
-    """Claims requests from the channel while fewer than `concurrency` are in progress (a busy
-    worker leaves the next one to another worker) and serves each in a thread of its own, so the
-    requests in progress share the model cache and are decoded in batches there."""
+    """`concurrency` threads, each claiming a request from the channel, serving it, then claiming
+    the next: a worker with every thread busy claims nothing (the next request goes to another
+    worker), and the requests in progress share the model cache and are decoded in batches there."""
 
     def __init__(self, settings: Settings, concurrency: int):
         self.settings = settings
-        self.concurrency = concurrency
-        self._slots = threading.Semaphore(concurrency)
-        self._stopping = threading.Event()
         self._source = RequestSource(settings)
-        self._thread = threading.Thread(target=self._claim_loop, name="inference-requests", daemon=True)
+        self._stopping = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"inference-{i}", daemon=True)
+            for i in range(concurrency)
+        ]
 
     def start(self) -> None:
-        self._thread.start()
-        log.info("serving inference requests (%s channel, %d at once)", self._source.kind, self.concurrency)
+        for thread in self._threads:
+            thread.start()
+        log.info("serving inference requests (%s channel, %d at once)", self._source.kind, len(self._threads))
 
-    def _claim_loop(self) -> None:
+    def _serve(self) -> None:
         while not self._stopping.is_set():
-            if not self._slots.acquire(timeout=CLAIM_WAIT_S):
-                continue
             try:
                 request = self._source.claim(CLAIM_WAIT_S)
             except Exception:  # the broker is unreachable for a moment: try again shortly
-                self._slots.release()
                 log.exception("claiming inference requests failed")
                 self._stopping.wait(CLAIM_WAIT_S)
                 continue
             if request is None:
-                self._slots.release()
                 continue
-            threading.Thread(
-                target=self._serve, args=(request,), name=f"inference-{request.id[:8]}", daemon=True
-            ).start()
-
-    def _serve(self, request: InferenceRequest) -> None:
-        try:
-            HANDLERS[request.kind](self.settings, request.id, request.payload)
-        except Exception:
-            log.exception("inference request %s failed", request.id)
-        finally:
-            self._slots.release()
+            try:
+                HANDLERS[request.kind](self.settings, request.id, request.payload)
+            except Exception:
+                log.exception("inference request %s failed", request.id)
 
     def stop(self, grace: float) -> bool:
         """Claim nothing more and wait up to `grace` seconds for the requests in progress; whether
         they all finished."""
         self._stopping.set()
         deadline = time.monotonic() + grace
-        if self._thread.is_alive():
-            self._thread.join(timeout=grace)
-        taken = 0
-        while taken < self.concurrency and self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            taken += 1
-        return taken == self.concurrency
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -19,7 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.admin.config_form import config_sections
 from api.admin.deps import FormViewerDep, LoginRequired, Viewer, ViewerDep
+from api.audit import service as audit_service
 from api.auth import service as auth_service
+from api.auth.revocation import revoke_key as revoke_key_everywhere
 from api.auth.sessions import (
     CSRF_FIELD,
     LOGIN_CSRF_COOKIE,
@@ -29,10 +31,18 @@ from api.auth.sessions import (
 )
 from api.datasets import service as datasets_service
 from api.datasets.schemas import DatasetDetail, DatasetRead
-from api.deps import SessionDep, SessionSecretDep, SettingsDep, get_session_factory
+from api.deps import (
+    JobQueueDep,
+    RevocationsDep,
+    SessionDep,
+    SessionSecretDep,
+    SettingsDep,
+    get_session_factory,
+)
 from api.errors import AppError, Forbidden, NotFound
 from api.models import service as models_service
 from api.models.schemas import ModelRead
+from infra.audit import AuditAction, record_audit
 from infra.runs.lifecycle import RunStatus
 
 HERE = Path(__file__).parent
@@ -135,6 +145,16 @@ def login(
         raise Forbidden("missing or invalid CSRF token", code="csrf_failed")
     with factory.begin() as db:
         principal = auth_service.authenticate(db, api_key.strip())
+        if principal is not None and principal.is_admin:
+            record_audit(
+                db,
+                AuditAction.admin_login,
+                target_kind="api_key",
+                target_id=principal.key_id,
+                actor_user_id=principal.user_id,
+                actor_key_id=principal.key_id,
+                detail={"client": request.client.host if request.client else None},
+            )
     if principal is None:
         return _login_page(request, _safe_next(next), "That API key is not valid.", status_code=401)
     _, cookie = issue_session(secret, principal.key_id)
@@ -309,6 +329,22 @@ def create_key(
 
 
 @router.post("/keys/{key_id}/revoke")
-def revoke_key(viewer: FormViewerDep, session: SessionDep, key_id: str) -> Response:
-    auth_service.revoke_api_key(session, viewer.principal, key_id)
+def revoke_key(
+    viewer: FormViewerDep, session: SessionDep, jobs: JobQueueDep, revocations: RevocationsDep, key_id: str
+) -> Response:
+    revoke_key_everywhere(session, jobs, revocations, viewer.principal, key_id)
     return RedirectResponse("/admin/keys", status_code=303)
+
+
+# --- audit log ---------------------------------------------------------------------------------------
+
+
+@router.get("/audit")
+def audit_page(
+    request: Request,
+    viewer: ViewerDep,
+    session: SessionDep,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    page = audit_service.audit_page(session, viewer.principal, cursor=cursor, limit=50)
+    return render(request, "audit.html", viewer=viewer, page=page, cursor=cursor)

@@ -34,8 +34,13 @@ class AuthRepository:
     def key_by_id(self, key_id: str) -> ApiKey | None:
         return self.session.get(ApiKey, key_id)
 
-    def list_keys(self, *, user_id: str | None = None) -> Sequence[ApiKey]:
-        stmt = select(ApiKey).options(joinedload(ApiKey.user)).order_by(ApiKey.created_at.desc())
+    def list_keys(
+        self, *, user_id: str | None = None, before: str | None = None, limit: int | None = None
+    ) -> Sequence[ApiKey]:
+        """Newest first (ids sort by creation time); `before`: only keys older than that id."""
+        stmt = select(ApiKey).options(joinedload(ApiKey.user)).order_by(ApiKey.id.desc()).limit(limit)
         if user_id is not None:
             stmt = stmt.where(ApiKey.user_id == user_id)
+        if before is not None:
+            stmt = stmt.where(ApiKey.id < before)
         return self.session.scalars(stmt).all()

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.auth.repository import AuthRepository
 from api.errors import Conflict, Forbidden, NotFound, Unprocessable
+from infra.audit import AuditAction, record_audit
 from infra.db.base import utcnow
 from infra.db.models import ApiKey
 
@@ -53,13 +54,25 @@ def _split(key: str) -> str | None:
     return parts[1]
 
 
-def create_api_key(session: Session, *, user_name: str, key_name: str, admin: bool) -> tuple[ApiKey, str]:
-    """Create a key for user `user_name` (created if new). Returns the row and the clear key."""
+def create_api_key(
+    session: Session, *, user_name: str, key_name: str, admin: bool, actor: Principal | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key for user `user_name` (created if new), audited as done by `actor` (None: the
+    command line). Returns the row and the clear key."""
     repo = AuthRepository(session)
     user = repo.user_by_name(user_name) or repo.add_user(user_name)
     key, prefix = generate_key()
     row = repo.add_key(
         ApiKey(user_id=user.id, name=key_name, prefix=prefix, key_hash=hash_key(key), is_admin=admin)
+    )
+    record_audit(
+        session,
+        AuditAction.key_create,
+        target_kind="api_key",
+        target_id=row.id,
+        actor_user_id=actor.user_id if actor else None,
+        actor_key_id=actor.key_id if actor else None,
+        detail={"prefix": prefix, "name": key_name, "user": user_name, "admin": admin},
     )
     return row, key
 
@@ -76,15 +89,19 @@ def authenticate(session: Session, presented: str) -> Principal | None:
     return Principal(user_id=row.user_id, key_id=row.id, is_admin=row.is_admin)
 
 
-def list_api_keys(session: Session, principal: Principal) -> Sequence[ApiKey]:
-    """Every key (admins only): names, prefixes, owners and use; never the keys themselves."""
+def list_api_keys(
+    session: Session, principal: Principal, *, before: str | None = None, limit: int | None = None
+) -> Sequence[ApiKey]:
+    """Every key (admins only), newest first: names, prefixes, owners and use; never the keys
+    themselves."""
     if not principal.is_admin:
         raise Forbidden("only an admin key may manage API keys")
-    return AuthRepository(session).list_keys()
+    return AuthRepository(session).list_keys(before=before, limit=limit)
 
 
 def revoke_api_key(session: Session, principal: Principal, key_id: str) -> ApiKey:
-    """Revoke a key (admins only). A key cannot revoke itself: that would lock its user out mid-way."""
+    """Revoke a key (admins only; audited). A key cannot revoke itself: that would lock its user out
+    mid-way. The caller announces the revocation to the auth caches (`api.auth.revocation`)."""
     if not principal.is_admin:
         raise Forbidden("only an admin key may manage API keys")
     row = AuthRepository(session).key_by_id(key_id)
@@ -94,6 +111,15 @@ def revoke_api_key(session: Session, principal: Principal, key_id: str) -> ApiKe
         raise Conflict("an API key cannot revoke itself", code="revoke_self")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        record_audit(
+            session,
+            AuditAction.key_revoke,
+            target_kind="api_key",
+            target_id=row.id,
+            actor_user_id=principal.user_id,
+            actor_key_id=principal.key_id,
+            detail={"prefix": row.prefix, "name": row.name, "user_id": row.user_id},
+        )
     return row
 
 
@@ -108,4 +134,4 @@ def issue_api_key(
         raise Unprocessable("user must be 1 to 200 characters", code="validation_error", field="user")
     if not 1 <= len(key_name) <= 200:
         raise Unprocessable("key name must be 1 to 200 characters", code="validation_error", field="name")
-    return create_api_key(session, user_name=user_name, key_name=key_name, admin=admin)
+    return create_api_key(session, user_name=user_name, key_name=key_name, admin=admin, actor=principal)

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from api.datasets import service
 from api.datasets.schemas import DatasetDetail, DatasetFromPath, DatasetRead
-from api.deps import JobQueueDep, PrincipalDep, SessionDep, SettingsDep
+from api.deps import JobQueueDep, PrincipalDep, ReaderDep, SessionDep, SettingsDep
 from api.errors import Unprocessable, UnsupportedMediaType
 from api.pagination import Page, decode_cursor, encode_cursor
 from api.uploads import read_body, read_form
@@ -103,17 +104,26 @@ async def create_dataset(
 
 
 @router.get("", response_model=Page[DatasetRead])
-def list_datasets(
-    session: SessionDep,
+async def list_datasets(
+    read: ReaderDep,
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> Page[DatasetRead]:
-    rows = service.list_datasets(session, principal, before=decode_cursor(cursor), limit=limit + 1)
-    page = [DatasetRead.from_row(r) for r in rows[:limit]]
-    return Page[DatasetRead](data=page, next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None)
+    before = decode_cursor(cursor)
+
+    def page(session: Session) -> Page[DatasetRead]:
+        rows = service.list_datasets(session, principal, before=before, limit=limit + 1)
+        data = [DatasetRead.from_row(r) for r in rows[:limit]]
+        return Page[DatasetRead](
+            data=data, next_cursor=encode_cursor(data[-1].id) if len(rows) > limit else None
+        )
+
+    return await read(page)
 
 
 @router.get("/{dataset_id}", response_model=DatasetDetail)
-def get_dataset(dataset_id: str, session: SessionDep, principal: PrincipalDep) -> DatasetDetail:
-    return DatasetDetail.from_row(service.get_dataset(session, principal, dataset_id))
+async def get_dataset(dataset_id: str, read: ReaderDep, principal: PrincipalDep) -> DatasetDetail:
+    return await read(
+        lambda session: DatasetDetail.from_row(service.get_dataset(session, principal, dataset_id))
+    )

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.deps import JobQueueDep, PrincipalDep, SessionDep, SettingsDep, get_session_factory
 from api.errors import Unprocessable
 from api.pagination import Page, decode_cursor, encode_cursor
+from api.rate_limits import RunCreationLimit
 from api.runs import service
 from api.runs.schemas import (
     ArtefactRead,
@@ -38,7 +39,7 @@ FactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 RunId = Annotated[str, PathParam(max_length=40)]
 
 
-@router.post("", status_code=201, response_model=RunRead)
+@router.post("", status_code=201, response_model=RunRead, dependencies=[RunCreationLimit])
 def create_run(
     body: RunCreate,
     response: Response,

@@ -24,6 +24,7 @@ from api.errors import Conflict, NotFound, Unprocessable
 from api.models.repository import ModelRepository
 from api.runs.repository import RunRepository
 from api.runs.schemas import ArtefactRead, NegativeRead, RunCreate
+from infra.audit import AuditAction, record_audit
 from infra.db.base import utcnow
 from infra.db.models import Checkpoint, Dataset, DatasetStatus, Run
 from infra.events.publish import publish_events
@@ -170,6 +171,7 @@ def cancel_run(
         raise Conflict(f"run {run_id} already finished ({run.status})", code="run_finished")
     if run.status == RunStatus.cancelling:
         return run
+    previous = str(run.status)
     now = utcnow()
     running = ACTIVE - {RunStatus.cancelling}
     unheld = or_(Run.lease_owner.is_(None), Run.lease_expires_at < now)
@@ -202,6 +204,7 @@ def cancel_run(
         raise Conflict(f"run {run_id} already finished ({run.status})", code="run_finished")
     _publish_after_commit(jobs, settings, [event])
     session.refresh(run)
+    _audit(session, principal, AuditAction.run_cancel, run, previous)
     return run
 
 
@@ -215,6 +218,7 @@ def resume_run(
         raise Conflict(
             f"only failed or cancelled runs can be resumed; this one is {run.status}", code="not_resumable"
         )
+    previous = str(run.status)
     event = transition(
         session,
         run_id,
@@ -238,7 +242,21 @@ def resume_run(
     _publish_after_commit(jobs, settings, [event])
     jobs.enqueue(TaskName.execute_run, run_id)
     session.refresh(run)
+    _audit(session, principal, AuditAction.run_resume, run, previous)
     return run
+
+
+def _audit(session: Session, principal: Principal, action: AuditAction, run: Run, previous: str) -> None:
+    """Record who changed the run's state (its owner or an admin), in the same transaction."""
+    record_audit(
+        session,
+        action,
+        target_kind="run",
+        target_id=run.id,
+        actor_user_id=principal.user_id,
+        actor_key_id=principal.key_id,
+        detail={"from": previous, "to": str(run.status), "owner_id": run.owner_id},
+    )
 
 
 def list_events(session: Session, principal: Principal, run_id: str, after: int, limit: int) -> list[Any]:

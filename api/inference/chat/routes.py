@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.deps import PrincipalDep, SettingsDep, get_session_factory
 from api.inference.chat import service
 from api.inference.chat.schemas import ChatCompletion, ChatCompletionRequest
+from api.rate_limits import InferenceLimit
 
 router = APIRouter(prefix="/chat", tags=["inference"])
 
@@ -18,6 +19,7 @@ router = APIRouter(prefix="/chat", tags=["inference"])
 @router.post(
     "/completions",
     response_model=ChatCompletion,
+    dependencies=[InferenceLimit],
     responses={200: {"content": {"text/event-stream": {}}, "description": "With stream=true: SSE chunks."}},
 )
 async def create_chat_completion(

@@ -11,11 +11,12 @@ from api.deps import PrincipalDep, SessionDep, SettingsDep, get_session_factory
 from api.inference.spotchecks import service
 from api.inference.spotchecks.schemas import SpotCheckCreate, SpotCheckRead
 from api.pagination import Page, decode_cursor, encode_cursor
+from api.rate_limits import InferenceLimit
 
 router = APIRouter(prefix="/spot-checks", tags=["inference"])
 
 
-@router.post("", status_code=201, response_model=SpotCheckRead)
+@router.post("", status_code=201, response_model=SpotCheckRead, dependencies=[InferenceLimit])
 async def create_spot_check(
     body: SpotCheckCreate,
     session: SessionDep,
