@@ -8,7 +8,9 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from api.admin import mount_admin
 from api.artefacts.routes import router as artefacts_router
+from api.audit.routes import router as audit_router
 from api.auth.cache import AuthCache
+from api.auth.revocation import Revocations
 from api.body_limits import JsonBodyLimit
 from api.datasets.routes import router as datasets_router
 from api.deps import get_principal
@@ -17,8 +19,10 @@ from api.health.routes import router as health_router
 from api.inference.chat.routes import router as chat_router
 from api.inference.models import ResolvedModels
 from api.inference.spotchecks.routes import router as spot_checks_router
+from api.keys.routes import router as keys_router
 from api.limits import slot_count
 from api.models.routes import router as models_router
+from api.rate_limits import RateLimiter
 from api.runs.routes import router as runs_router
 from infra.db.session import get_session_factory
 from infra.settings import Settings, get_settings
@@ -39,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.auth_cache = AuthCache()
+    app.state.auth_revocations = Revocations(settings, app.state.auth_cache)
+    app.state.rate_limiter = RateLimiter(settings)
     app.state.resolved_models = ResolvedModels()
     app.state.session_factory = get_session_factory(
         settings.sqlalchemy_url, settings.db_pool_size, settings.db_max_overflow
@@ -57,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(artefacts_router)
     v1.include_router(chat_router)
     v1.include_router(spot_checks_router)
+    v1.include_router(keys_router)
+    v1.include_router(audit_router)
     app.include_router(v1)
     mount_admin(app)
     return app

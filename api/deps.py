@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth.cache import AuthCache
+from api.auth.revocation import Revocations
 from api.auth.service import Principal, authenticate
 from api.auth.sessions import (
     CSRF_HEADER,
@@ -137,7 +138,8 @@ async def get_principal(
     """Authenticate in a short transaction of its own (its only write is the coarse last-used
     time), so the request's session holds no connection until the route needs the database:
     a slow upload streams without keeping a connection idle in a transaction. A key verified in
-    the last seconds (the auth cache) costs no database work and no threadpool round trip.
+    the last seconds (the auth cache, emptied whenever a key is revoked: api.auth.revocation) costs
+    no database work and no threadpool round trip.
 
     Without an Authorization header, the admin UI's session cookie is accepted; a state-changing
     request made with it must also carry the session's CSRF token (403 otherwise)."""
@@ -147,9 +149,11 @@ async def get_principal(
         raise Unauthorized()
     key = credentials.credentials
     cache: AuthCache = request.app.state.auth_cache
+    request.app.state.auth_revocations.listen()
     principal = cache.get(key)
     if principal is not None:
         return principal
+    generation = cache.generation  # a revocation announced during the lookup voids its answer
 
     def lookup() -> Principal | None:
         with factory.begin() as session:
@@ -158,7 +162,7 @@ async def get_principal(
     principal = await anyio.to_thread.run_sync(lookup)
     if principal is None:
         raise Unauthorized()
-    cache.put(key, principal)
+    cache.put(key, principal, generation)
     return principal
 
 
@@ -178,3 +182,11 @@ def _browser_principal(request: Request, factory: sessionmaker[Session], secret:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal, scope="function")]
+
+
+async def get_revocations(request: Request) -> Revocations:
+    revocations: Revocations = request.app.state.auth_revocations
+    return revocations
+
+
+RevocationsDep = Annotated[Revocations, Depends(get_revocations)]
