@@ -209,6 +209,8 @@ def main() -> None:
             MBPO_BROKER_KEY_PREFIX=prefix,
             MBPO_HOME=str(scratch / "home"),
             MBPO_LOG_LEVEL="WARNING",
+            # One key sends everything: the per-key limit would measure itself, not the inference path.
+            MBPO_RATE_LIMIT_INFERENCE_PER_MINUTE="0",
             OMP_NUM_THREADS=str(args.threads),
         )
         port = services.free_port()

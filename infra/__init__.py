@@ -10,6 +10,7 @@ jobs.py       the job contract: task names, queues, routing, Celery config, a re
 outbox.py     the job outbox: jobs written with their rows, sent after the commit, relayed later
 requests.py   the request channel of inference (API -> an inference worker)
 replies.py    the reply transport of inference (worker -> waiting API request)
+audit.py      the audit log of admin actions: action names and the one writer
 
 May import: mbpo_core.config and light mbpo_core modules (never torch), sqlalchemy, celery, redis.
 """

@@ -118,7 +118,7 @@ def revoke_api_key(session: Session, principal: Principal, key_id: str) -> ApiKe
             target_id=row.id,
             actor_user_id=principal.user_id,
             actor_key_id=principal.key_id,
-            detail={"prefix": row.prefix, "name": row.name, "user_id": row.user_id},
+            detail={"prefix": row.prefix, "name": row.name, "user": row.user.name},
         )
     return row
 

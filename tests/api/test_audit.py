@@ -88,7 +88,7 @@ def test_admin_actions_are_recorded_with_actor_action_and_target(
     assert cancel_entry["detail"] == {"from": "queued", "to": "cancelled", "owner_id": alice.user_id}
     assert cancel_entry["actor_user_id"] == alice.user_id and cancel_entry["actor_key_id"] != admin_key_id
     assert create["detail"] == {"prefix": carol["prefix"], "name": "laptop", "user": "carol", "admin": False}
-    assert revoke["detail"]["prefix"] == carol["prefix"]
+    assert revoke["detail"] == {"prefix": carol["prefix"], "name": "laptop", "user": "carol"}
     assert login["detail"]["client"] == "testclient"
     assert [e["id"] for e in entries] == sorted((e["id"] for e in entries), reverse=True)
     # The fixtures' keys were made without the API (as `mbpo keys create` does): no actor.
