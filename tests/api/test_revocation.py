@@ -1,13 +1,16 @@
 """Revocation is effective at once in every API process: two apps share one PostgreSQL database and
 one Redis; a key revoked through one is refused by the other on the very next request, although
-the other had it in its auth cache. The cache is distrusted while its Redis subscription is down,
-and embedded mode (SQLite, no Redis) empties the local cache directly."""
+the other had it in its auth cache. The cache is distrusted while its Redis subscription is down
+(a reset connection, or a silent one that stops answering PINGs), and embedded mode (SQLite, no
+Redis) empties the local cache directly."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
+from api.auth import revocation
 from api.auth.cache import AuthCache
 from api.auth.service import Principal, create_api_key
 from infra.db.base import utcnow
@@ -161,3 +165,56 @@ def test_embedded_mode_revokes_in_its_own_cache(tmp_path: Path) -> None:
             assert session.scalar(select(ApiKey.revoked_at).where(ApiKey.id == key_id)) is not None
     finally:
         engine.dispose()
+
+
+class _FakePubSub:
+    """A subscription that confirms, then answers PINGs only if `answers`."""
+
+    def __init__(self, answers: bool):
+        self.answers = answers
+        self.pending: list[dict[str, Any]] = [{"type": "subscribe"}]
+
+    async def get_message(self, timeout: float) -> dict[str, Any] | None:
+        if self.pending:
+            return self.pending.pop(0)
+        await asyncio.sleep(timeout)
+        return None
+
+    async def ping(self) -> None:
+        if self.answers:
+            self.pending.append({"type": "pong"})
+
+
+def test_a_silent_connection_is_given_up_and_the_cache_distrusted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A network loss without a reset (no error, no message): unanswered PINGs end the
+    subscription, so the cache is not trusted on a connection that no longer hears revocations."""
+    monkeypatch.setattr(revocation, "PING_SECONDS", 0.02)
+    monkeypatch.setattr(revocation, "STALE_SECONDS", 0.1)
+    settings = Settings(
+        env="test", home=tmp_path, database_url="postgresql://x@h/x", broker_url=services.REDIS_URL
+    )
+    cache = AuthCache()
+    revocations = revocation.Revocations(settings, cache)
+    assert not cache.trusted  # until subscribed
+
+    async def follow(pubsub: _FakePubSub, seconds: float) -> None:
+        await asyncio.wait_for(revocations._receive(pubsub), seconds)
+
+    with pytest.raises(TimeoutError):  # PONGs keep coming: it keeps listening, trusted
+        asyncio.run(follow(_FakePubSub(answers=True), 0.5))
+    assert cache.trusted
+    with pytest.raises(ConnectionError):  # silence: given up after STALE_SECONDS
+        asyncio.run(follow(_FakePubSub(answers=False), 5))
+
+
+def test_an_announcement_that_cannot_be_published_still_empties_the_local_cache(tmp_path: Path) -> None:
+    dead = f"redis://127.0.0.1:{services.free_port()}/0"
+    settings = Settings(env="test", home=tmp_path, database_url="postgresql://x@h/x", broker_url=dead)
+    cache = AuthCache()
+    revocations = revocation.Revocations(settings, cache)
+    cache.trust()
+    cache.put("mbpo_k_s", Principal(user_id="usr_1", key_id="key_1", is_admin=False))
+    revocations.announce("key_1")  # logs a warning, never raises: the revocation is committed
+    assert cache.get("mbpo_k_s") is None
