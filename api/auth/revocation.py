@@ -122,11 +122,17 @@ class Revocations:
                         )
                         reported = True
                 finally:
-                    self.cache.distrust()
+                    self._distrust_if_current()
                     with contextlib.suppress(Exception):
                         await client.aclose()
                 await asyncio.sleep(RETRY_SECONDS)
         finally:
+            self._distrust_if_current()
+
+    def _distrust_if_current(self) -> None:
+        # A listener replaced by one on another event loop (listen()) must not distrust the cache
+        # the new one may already have subscribed for.
+        if self._task is asyncio.current_task():
             self.cache.distrust()
 
     async def _receive(self, pubsub: Any) -> None:

@@ -7,6 +7,7 @@ Redis) empties the local cache directly."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -125,6 +126,32 @@ def test_the_cache_is_not_trusted_while_the_subscription_is_down(
     # The listener reconnects and the cache is trusted (and used) again.
     _, dave = _key(pg_factory, "dave")
     _subscribed(one, dave)
+
+
+def test_the_listener_follows_the_app_to_a_new_event_loop(
+    committed_db: str, pg_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """An app served by one event loop, then another (a TestClient per block): the listener is
+    started again on the new loop and the cache is trusted again; the old one does not undo it."""
+    services.require_redis()
+    prefix = services.broker_prefix()
+    settings = Settings(
+        env="test",
+        home=tmp_path,
+        database_url=committed_db,
+        broker_url=services.REDIS_URL,
+        broker_key_prefix=prefix,
+    )
+    app = create_app(settings)
+    _, key = _key(pg_factory, "frank")
+    try:
+        for _ in range(2):
+            with TestClient(app) as client:
+                _subscribed(client, key)
+                time.sleep(0.2)  # still trusted a moment later
+                assert _cached(app, key)
+    finally:
+        services.delete_redis_prefix(prefix)
 
 
 def test_a_lookup_overtaken_by_a_revocation_does_not_cache_its_answer() -> None:
