@@ -1,17 +1,21 @@
 """Revoking an API key, effective at once in every API process.
 
 `revoke_key` revokes the key in the request's transaction and, once that transaction committed,
-`Revocations.announce` empties this process's auth cache and publishes the key id on Redis
+`Revocations.announce` empties this process's auth cache and publishes the revocation on Redis
 (`<broker_key_prefix>mbpo:auth-revocations`). Every API process follows that channel with one
-listener task (`Revocations.listen`, started by the first authenticated request of its event loop)
-and empties its own cache on each message: the next request with the revoked key reaches the
-database and is refused, in this process before the revoke call returns, in the others within the
-milliseconds a pub/sub message takes.
+listener task (`Revocations.listen`, started by the first authenticated request of its event loop);
+on a message it empties its cache, then acknowledges by pushing to the list the message names.
+`announce` waits for as many acknowledgements as PUBLISH reported receivers (at most
+`ACK_TIMEOUT_SECONDS`), so when the revoke call returns, every subscribed API process has dropped
+the key: its next request with the key reaches the database and is refused. A cache hit costs no
+Redis round trip; the acknowledgements cost one per process and revocation.
 
 Fail safe: the cache is trusted only while the listener is subscribed. Until the subscription is
-confirmed, after the connection fails, or when three PINGs in a row go unanswered (a silent
+confirmed, after the connection fails, or when PINGs go unanswered for `STALE_SECONDS` (a silent
 network loss), the cache is distrusted and every request is checked against the database; on
-resubscribing the cache starts empty, since a revocation may have been missed.
+resubscribing the cache starts empty, since a revocation may have been missed. A subscriber that
+does not acknowledge in time (its event loop stalled) is logged; it still drops the key when it
+reads the message.
 
 Without Redis (embedded mode: one API process) the announcement empties the local cache only. A
 deployment with several API processes but no Redis broker gets no cross-process announcement:
@@ -22,7 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import secrets
+import time
 from functools import partial
 from typing import Any
 
@@ -41,6 +48,7 @@ CHANNEL = "mbpo:auth-revocations"
 PING_SECONDS = 1.0  # a quiet subscription is PINGed this often
 STALE_SECONDS = 3.0  # no message nor PONG for this long: the connection is presumed lost
 RETRY_SECONDS = 1.0  # wait between reconnection attempts
+ACK_TIMEOUT_SECONDS = 1.0  # longest wait of a revocation for the other processes' acknowledgements
 
 
 class Revocations:
@@ -82,7 +90,9 @@ class Revocations:
                 import redis
 
                 self._publisher = redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=2)
-            self._publisher.publish(self.channel, key_id)
+            acks = f"{self.channel}:ack:{secrets.token_hex(8)}"
+            receivers = self._publisher.publish(self.channel, json.dumps({"key_id": key_id, "ack": acks}))
+            acked = self._await_acks(acks, int(receivers))
         except Exception as exc:
             log.warning(
                 "could not announce the revocation of API key %s (%s); API processes subscribed "
@@ -91,6 +101,30 @@ class Revocations:
                 type(exc).__name__,
                 AUTH_CACHE_SECONDS,
             )
+            return
+        if acked < receivers:
+            log.warning(
+                "%d of %d API processes did not acknowledge the revocation of API key %s within %.0f s; "
+                "they drop it when they read the message",
+                receivers - acked,
+                receivers,
+                key_id,
+                ACK_TIMEOUT_SECONDS,
+            )
+
+    def _await_acks(self, acks: str, receivers: int) -> int:
+        """Wait for `receivers` acknowledgements on list `acks`; how many came."""
+        deadline = time.monotonic() + ACK_TIMEOUT_SECONDS
+        acked = 0
+        try:
+            while acked < receivers:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._publisher.blpop([acks], timeout=left) is None:
+                    break
+                acked += 1
+        finally:
+            self._publisher.delete(acks)
+        return acked
 
     async def _follow(self) -> None:
         """Subscribe, and keep the cache trusted exactly while subscribed; reconnect forever."""
@@ -112,7 +146,7 @@ class Revocations:
                 try:
                     async with client.pubsub() as pubsub:
                         await pubsub.subscribe(self.channel)
-                        await self._receive(pubsub)
+                        await self._receive(pubsub, client)
                 except Exception as exc:
                     if self.cache.trusted or not reported:
                         log.warning(
@@ -135,7 +169,8 @@ class Revocations:
         if self._task is asyncio.current_task():
             self.cache.distrust()
 
-    async def _receive(self, pubsub: Any) -> None:
+    async def _receive(self, pubsub: Any, client: Any) -> None:
+        """Follow the subscription (`client` sends the acknowledgements on a connection of its own)."""
         loop = asyncio.get_running_loop()
         last_heard = last_ping = loop.time()
         while True:
@@ -147,11 +182,23 @@ class Revocations:
                     self.cache.trust()
                 elif message["type"] == "message":
                     self.cache.invalidate()
+                    await self._acknowledge(client, message["data"])
             if now - last_heard > STALE_SECONDS:
                 raise ConnectionError(f"no answer from Redis for {STALE_SECONDS:.0f} s")
             if now - last_ping >= PING_SECONDS:
                 await pubsub.ping()
                 last_ping = now
+
+    @staticmethod
+    async def _acknowledge(client: Any, data: bytes) -> None:
+        try:
+            acks = json.loads(data)["ack"]
+        except (ValueError, KeyError, TypeError):
+            return
+        pipe = client.pipeline(transaction=False)
+        pipe.rpush(acks, b"1")
+        pipe.expire(acks, 10)  # a late acknowledgement must not stay behind
+        await asyncio.wait_for(pipe.execute(), ACK_TIMEOUT_SECONDS)
 
 
 def revoke_key(

@@ -46,7 +46,6 @@ def revoke(
     jobs: JobQueueDep,
     revocations: RevocationsDep,
 ) -> ApiKeyRead:
-    """Revoke a key (admin keys only; a key cannot revoke itself). This API process refuses the key
-    from the moment this returns, the others within milliseconds (docs/production.md); revoking
-    twice changes nothing."""
+    """Revoke a key (admin keys only; a key cannot revoke itself). When this returns, every API
+    process refuses the key (docs/production.md); revoking twice changes nothing."""
     return ApiKeyRead.from_row(revoke_key(session, jobs, revocations, principal, key_id))

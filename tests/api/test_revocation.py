@@ -1,6 +1,7 @@
 """Revocation is effective at once in every API process: two apps share one PostgreSQL database and
 one Redis; a key revoked through one is refused by the other on the very next request, although
-the other had it in its auth cache. The cache is distrusted while its Redis subscription is down
+the other had it in its auth cache (the revoke call returns once every subscribed process has
+acknowledged). The cache is distrusted while its Redis subscription is down
 (a reset connection, or a silent one that stops answering PINGs), and embedded mode (SQLite, no
 Redis) empties the local cache directly."""
 
@@ -98,6 +99,31 @@ def test_a_key_revoked_through_one_process_is_refused_by_the_other_at_once(
     # Other keys keep working (and are cached again).
     _, bob = _key(pg_factory, "bob")
     _subscribed(other, bob)
+
+
+def test_a_subscriber_that_never_acknowledges_delays_a_revocation_by_the_ack_timeout_only(
+    two_apps: tuple[TestClient, TestClient],
+    pg_factory: sessionmaker[Session],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    one, _ = two_apps
+    app = one.app
+    assert isinstance(app, FastAPI)
+    _, admin_key = _key(pg_factory, "root", admin=True)
+    key_id, key = _key(pg_factory, "gina")
+    _subscribed(one, key)
+    mute = redis.Redis.from_url(services.REDIS_URL).pubsub()  # a stalled API process, say
+    try:
+        mute.subscribe(app.state.auth_revocations.channel)
+        assert mute.get_message(timeout=2) is not None  # the subscription is confirmed
+        started = time.monotonic()
+        assert one.post(f"/v1/keys/{key_id}/revoke", headers=_bearer(admin_key)).status_code == 200
+        waited = time.monotonic() - started
+    finally:
+        mute.close()
+    assert revocation.ACK_TIMEOUT_SECONDS <= waited < revocation.ACK_TIMEOUT_SECONDS + 2
+    assert "1 of 2 API processes did not acknowledge" in caplog.text
+    assert one.get("/v1/datasets", headers=_bearer(key)).status_code == 401
 
 
 def test_the_cache_is_not_trusted_while_the_subscription_is_down(
@@ -227,7 +253,7 @@ def test_a_silent_connection_is_given_up_and_the_cache_distrusted(
     assert not cache.trusted  # until subscribed
 
     async def follow(pubsub: _FakePubSub, seconds: float) -> None:
-        await asyncio.wait_for(revocations._receive(pubsub), seconds)
+        await asyncio.wait_for(revocations._receive(pubsub, None), seconds)
 
     with pytest.raises(TimeoutError):  # PONGs keep coming: it keeps listening, trusted
         asyncio.run(follow(_FakePubSub(answers=True), 0.5))
