@@ -21,6 +21,7 @@ from api.inference.models import ResolvedModels
 from api.inference.spotchecks.routes import router as spot_checks_router
 from api.keys.routes import router as keys_router
 from api.limits import slot_count
+from api.metrics import mount_metrics
 from api.models.routes import router as models_router
 from api.rate_limits import RateLimiter
 from api.runs.routes import router as runs_router
@@ -67,4 +68,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(audit_router)
     app.include_router(v1)
     mount_admin(app)
+    mount_metrics(app, settings)
     return app

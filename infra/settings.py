@@ -174,6 +174,17 @@ class Settings(BaseSettings):
         description="Length of the rate limits' fixed window (a minute; shorter only for tests). The "
         "window of a key starts at its first request.",
     )
+    metrics_enabled: bool = Field(
+        True,
+        description="Serve Prometheus metrics at GET /metrics of the API (no authentication: keep it off "
+        "the public network).",
+    )
+    worker_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port on which each worker serves its Prometheus metrics (all interfaces). 0: none.",
+    )
     log_level: str = Field("INFO", description="Log level of API and worker.")
 
     @field_validator("data_roots", mode="before")

@@ -215,17 +215,20 @@ def api(
     """Run only the API (production: migrations and workers are separate processes)."""
     import uvicorn
 
+    from infra.metrics import multiprocess_dir
     from infra.settings import get_settings
 
-    uvicorn.run(
-        "api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=True,
-        log_level=get_settings().log_level.lower(),
-    )
+    # Several processes answer /metrics in turn: each must report all of them.
+    with multiprocess_dir() if workers > 1 else contextlib.nullcontext():
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            proxy_headers=True,
+            log_level=get_settings().log_level.lower(),
+        )
 
 
 def register(app: typer.Typer) -> None:

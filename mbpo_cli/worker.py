@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -22,7 +23,8 @@ def worker(
 ) -> None:
     """Consume jobs from the broker (BROKER_URL, or the embedded broker in MBPO_HOME)."""
     from infra.jobs import Queue
-    from worker.app import create_worker_app
+    from infra.metrics import multiprocess_dir
+    from infra.settings import get_settings
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(names) - {q.value for q in Queue})
@@ -43,7 +45,13 @@ def worker(
     argv += ["--without-mingle", "--without-heartbeat"]
     if hostname:
         argv += ["-n", hostname]
-    create_worker_app().worker_main(argv)
+    # A run executes in a pool child and the metrics port is served by this process: they share
+    # their metrics through files (prometheus_client's multiprocess mode), chosen before the worker
+    # modules import prometheus_client.
+    with multiprocess_dir() if get_settings().worker_metrics_port else contextlib.nullcontext():
+        from worker.app import create_worker_app
+
+        create_worker_app().worker_main(argv)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,8 @@
 `worker.tasks`, what starts with a worker process (the run sweeper, the re-sending of dataset
 validations that lost their message, and in a worker that consumes the `inference` queue the
 consumer of inference requests, worker.inference) and what a graceful stop does (worker.shutdown).
-Every worker also runs the outbox relay (infra.outbox), which sends the jobs the API could not.
+Every worker also runs the outbox relay (infra.outbox), which sends the jobs the API could not,
+and, given MBPO_WORKER_METRICS_PORT, serves its Prometheus metrics (worker.metrics).
 
 Built by `create_worker_app()` (called by `mbpo worker`), never at import time.
 """
@@ -23,6 +24,7 @@ from infra.outbox import Relay
 from infra.settings import Settings, get_settings
 from worker.datasets import stale_validations
 from worker.inference import InferenceConsumer
+from worker.metrics import serve_metrics
 from worker.shutdown import clear_stop, request_stop
 from worker.sweeper import Sweeper
 
@@ -89,6 +91,17 @@ def _start_relay(sender: Any = None, **_: Any) -> None:
     _relay.start()
 
 
+_metrics_server: Any = None
+
+
+@worker_ready.connect
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
+    global _metrics_server
+    if sender is None or _metrics_server is not None:
+        return
+    _metrics_server = serve_metrics(get_settings())
+
+
 _inference: InferenceConsumer | None = None
 # How long a stopping worker lets the inference requests it holds finish (a requester is waiting).
 INFERENCE_STOP_GRACE_SECONDS = 30.0
@@ -117,6 +130,12 @@ def _stop_sweeper(**_: Any) -> None:
         _sweeper.stop.set()
     if _relay is not None:
         _relay.stop.set()
+
+
+@worker_shutdown.connect
+def _stop_metrics(**_: Any) -> None:
+    if _metrics_server is not None:
+        _metrics_server.shutdown()
 
 
 @worker_shutdown.connect

@@ -51,6 +51,7 @@ from mbpo_core.config import MBPOConfig
 from mbpo_core.pipeline import stages as pipeline
 from mbpo_core.pipeline.stages import PipelineError, RunInputs, RunLayout, StageCancelled, StageProgress
 from worker.budget import RunBudget
+from worker.metrics import RunExport
 from worker.shutdown import stop_requested
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class RunRecorder:
     _started: float = field(default_factory=time.monotonic)
     _progress_at_start: float = 0.0
     _synced_steps: list[int] | None = None  # checkpoint steps last mirrored into the table
+    export: RunExport = field(default_factory=RunExport)  # Prometheus metrics (worker.metrics)
 
     @_riding_outages
     def load_state(self) -> None:
@@ -309,6 +311,7 @@ class RunRecorder:
         if not is_step and p.done < p.total and now - self._last_write < PROGRESS_WRITE_INTERVAL:
             return
         self._last_write = now
+        self.export.progress(p)
         progress = overall_progress(self.stage_progress)
         values: dict[str, Any] = {
             "stage_progress": dict(self.stage_progress),
@@ -377,6 +380,7 @@ class RunRecorder:
         ):
             raise LeaseLost()
         self.register_stage_artefacts(stage, result)
+        self.export.stage_completed(stage, result)
         if stage == "training":
             self.sync_checkpoints()
         self.event("stage_completed", f"{stage} done", stage=stage, data=_brief(result))

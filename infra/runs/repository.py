@@ -1,6 +1,7 @@
-"""The run queries of the execution side: the worker that runs a run and the sweeper that recovers
-it. (The web side's run queries, filtered by who is asking, are `api.runs.repository`; status
-changes are `infra.runs.lifecycle.transition`.)"""
+"""The run queries of the execution side: the worker that runs a run, the sweeper that recovers
+it and the metrics that count runs by status (infra.metrics). (The web side's run queries,
+filtered by who is asking, are `api.runs.repository`; status changes are
+`infra.runs.lifecycle.transition`.)"""
 
 from __future__ import annotations
 
@@ -63,7 +64,12 @@ class ExecutionRepository:
             delete(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step.in_(list(steps)))
         )
 
-    # ---- what the sweeper looks for ------------------------------------------------------------
+    # ---- what the sweeper and the metrics look for -----------------------------------------------
+
+    def runs_by_status(self) -> dict[str, int]:
+        """How many runs are in each status (those with none are absent)."""
+        rows = self.session.execute(select(Run.status, func.count()).group_by(Run.status))
+        return {status: count for status, count in rows.tuples()}
 
     def unleased_since(self, statuses: Collection[str], before: datetime) -> Sequence[str]:
         """Runs in `statuses` that nobody holds and nobody touched since `before`: their message

@@ -30,6 +30,7 @@ METRIC_KEYS = {
     "learning_rate": "learning_rate",
     "entropy": "entropy",
     "grad_norm": "grad_norm",
+    "num_tokens": "num_tokens",  # running total of prompt and completion tokens (tokens/s)
 }
 
 
