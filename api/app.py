@@ -14,7 +14,7 @@ from api.auth.revocation import Revocations
 from api.body_limits import JsonBodyLimit
 from api.datasets.routes import router as datasets_router
 from api.deps import get_principal
-from api.errors import register_error_handlers
+from api.errors import document_errors, error_responses, register_error_handlers
 from api.health.routes import router as health_router
 from api.inference.chat.routes import router as chat_router
 from api.inference.models import ResolvedModels
@@ -25,6 +25,7 @@ from api.metrics import mount_metrics
 from api.models.routes import router as models_router
 from api.rate_limits import RateLimiter
 from api.runs.routes import router as runs_router
+from api.text_input import refuse_unstorable_text
 from infra.db.session import get_session_factory
 from infra.settings import Settings, get_settings
 
@@ -51,22 +52,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.sqlalchemy_url, settings.db_pool_size, settings.db_max_overflow
     )
     register_error_handlers(app)
+    document_errors(app)
     app.add_middleware(JsonBodyLimit, settings=settings)
     # Fewer request sessions than pooled connections (see api.limits).
     app.state.db_slot_count = slot_count(settings.db_pool_size)
 
     app.include_router(health_router)
-    # Authentication on the router: no /v1 route can forget it.
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(get_principal, scope="function")])
+    # Authentication on the routers: no /v1 route can forget it; then text the database can store.
+    # Each router documents the errors all its routes can answer, in its API's error shape.
+    checks = [Depends(get_principal, scope="function"), Depends(refuse_unstorable_text)]
+    v1 = APIRouter(prefix="/v1", dependencies=checks, responses=error_responses(401, 403, 422, 503))
     v1.include_router(datasets_router)
     v1.include_router(models_router)
     v1.include_router(runs_router)
     v1.include_router(artefacts_router)
-    v1.include_router(chat_router)
     v1.include_router(spot_checks_router)
     v1.include_router(keys_router)
     v1.include_router(audit_router)
     app.include_router(v1)
+    openai_v1 = APIRouter(
+        prefix="/v1", dependencies=checks, responses=error_responses(400, 401, 403, 503, openai=True)
+    )
+    openai_v1.include_router(chat_router)
+    app.include_router(openai_v1)
     mount_admin(app)
     mount_metrics(app, settings)
     return app

@@ -8,7 +8,9 @@ they have their own cap (`max_upload_bytes`, `api.uploads`).
 
 A declared Content-Length over the cap is refused at once; a chunked body is counted while it
 arrives and refused as soon as it passes the cap. Either way the answer is 413 with the error body
-of the route's API (OpenAI's shape under /v1/chat/).
+of the route's API (OpenAI's shape under /v1/chat/). A body within the cap that holds text the
+database cannot store (`api.text_input`) is refused here too, as an invalid body (422, or 400
+under /v1/chat/) naming the field: this is the one place that sees every JSON body whole.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import OPENAI_COMPATIBLE_PREFIXES, error_body, openai_error_body
+from api.text_input import unstorable_json_field, unstorable_message
 from infra.settings import Settings
 
 # Routes whose JSON body may carry images inline.
@@ -51,7 +54,7 @@ class JsonBodyLimit:
         limit = json_body_limit(self.settings, scope["path"])
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._refuse(scope, send, limit)
+            await self._too_large(scope, send, limit)
             return
         # Read the body here, counting, then hand it to the app as it arrived.
         messages: list[Message] = []
@@ -63,25 +66,36 @@ class JsonBodyLimit:
                 break
             size += len(message.get("body", b""))
             if size > limit:
-                await self._refuse(scope, send, limit)
+                await self._too_large(scope, send, limit)
                 return
             if not message.get("more_body", False):
                 break
+        field = unstorable_json_field(b"".join(m.get("body", b"") for m in messages))
+        if field is not None:
+            await self._refuse(scope, send, 422, "validation_error", unstorable_message(field), field)
+            return
 
         async def replay() -> Message:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
 
-    @staticmethod
-    async def _refuse(scope: Scope, send: Send, limit: int) -> None:
+    @classmethod
+    async def _too_large(cls, scope: Scope, send: Send, limit: int) -> None:
         message = f"request body over {limit} bytes (MBPO_MAX_JSON_BYTES)"
-        body: dict[str, Any] = (
-            openai_error_body("payload_too_large", message, None, 413)
-            if scope["path"].startswith(OPENAI_COMPATIBLE_PREFIXES)
-            else error_body("payload_too_large", message)
-        )
+        await cls._refuse(scope, send, 413, "payload_too_large", message, None)
+
+    @staticmethod
+    async def _refuse(
+        scope: Scope, send: Send, status: int, code: str, message: str, field: str | None
+    ) -> None:
+        body: dict[str, Any]
+        if scope["path"].startswith(OPENAI_COMPATIBLE_PREFIXES):
+            status = 400 if status == 422 else status  # OpenAI's status for an invalid body
+            body = openai_error_body(code, message, field, status)
+        else:
+            body = error_body(code, message, field)
         payload = json.dumps(body).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

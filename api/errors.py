@@ -3,6 +3,10 @@
 Every error response is `{"error": {"code": str, "message": str, "field"?: str}}`. Services raise
 `AppError` subclasses; request validation errors become 422 naming the offending field; an
 unreachable database or broker is a 503 `service_unavailable` with `Retry-After`, never a 500.
+
+The OpenAPI schema documents these bodies (`ErrorResponse`, `OpenAIErrorResponse`) for every status
+a route can answer: routers and routes declare theirs with `error_responses`, and `document_errors`
+drops the validation body FastAPI would document otherwise, which no route answers with.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu import exceptions as kombu_exc
+from pydantic import BaseModel, Field
 from redis import exceptions as redis_exc
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from infra.db.outage import is_connection_error
 
@@ -117,6 +123,81 @@ def openai_error_body(code: str, message: str, field: str | None, status: int) -
     return body
 
 
+class FieldProblem(BaseModel):
+    field: str | None = Field(description="The offending input, as a dotted path.")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable reason, e.g. `run_finished`.")
+    message: str = Field(description="What went wrong, for a person.")
+    field: str | None = Field(None, description="The offending input, as a dotted path.")
+    details: list[FieldProblem] | None = Field(
+        None, description="Request validation errors only: every problem found, not just the first."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (`error_body`)."""
+
+    error: ErrorDetail
+
+
+class OpenAIErrorDetail(ErrorDetail):
+    type: str = Field(description="OpenAI's error type, e.g. `invalid_request_error`.")
+    param: str | None = Field(description="OpenAI's name for `field`.")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """The body of every error response of the OpenAI-compatible routes (`openai_error_body`)."""
+
+    error: OpenAIErrorDetail
+
+
+_RESPONSE_DESCRIPTIONS = {
+    400: "Malformed request: a body that cannot be parsed",
+    401: "Missing or invalid API key",
+    403: "Not allowed for this key or session (a browser session's change needs its CSRF token)",
+    404: "Not found, or not visible to this key",
+    409: "Conflicts with the resource's current state",
+    413: "Request body over the size limit",
+    415: "Unsupported Content-Type",
+    422: "Invalid input: `error.field` names it",
+    429: "Rate limited: retry after `Retry-After` seconds",
+    503: "A service it depends on (database, broker, model) is unavailable: retry later",
+    504: "No inference worker answered in time",
+}
+
+
+def error_responses(*statuses: int, openai: bool = False) -> dict[int | str, dict[str, Any]]:
+    """FastAPI's `responses=` for these error statuses, with the error body of ours or, for the
+    OpenAI-compatible routes, of OpenAI's shape. Routers declare what all their routes can answer,
+    routes add their own (404, 409, ...)."""
+    model = OpenAIErrorResponse if openai else ErrorResponse
+    return {status: {"model": model, "description": _RESPONSE_DESCRIPTIONS[status]} for status in statuses}
+
+
+def _without_fastapi_validation_body(schema: dict[str, Any]) -> dict[str, Any]:
+    fastapi_body = {"$ref": "#/components/schemas/HTTPValidationError"}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            content = responses.get("422", {}).get("content", {})
+            if content.get("application/json", {}).get("schema") == fastapi_body:
+                del responses["422"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+    return schema
+
+
+def document_errors(app: FastAPI) -> None:
+    """Leave out of the OpenAPI schema the 422 body FastAPI documents on every operation with
+    parameters that declares none: the handlers never answer with it (`_validation_error` answers
+    with ours, declared by the routers, and with 400 on the OpenAI-compatible routes)."""
+    generate = app.openapi
+    app.openapi = lambda: _without_fastapi_validation_body(generate())  # type: ignore[method-assign]
+
+
 def _field_of(loc: Sequence[Any]) -> str | None:
     # ("body", "config", "train", "beta") -> "config.train.beta"; drop the location kind.
     parts = [str(p) for p in loc[1:]] if loc and loc[0] in {"body", "query", "path", "header"} else list(loc)
@@ -149,13 +230,30 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """The methods some route serves at the request's path (asked of the router, method by method)."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
     code = codes.get(exc.status_code, "http_error")
-    return JSONResponse(
-        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
-    )
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route on the path only; GET and POST
+        # /v1/runs are two routes.
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    if _openai_compatible(request):
+        body = openai_error_body(code, str(exc.detail), None, exc.status_code)
+    else:
+        body = error_body(code, str(exc.detail))
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:

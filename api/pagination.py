@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel
 
 from api.errors import Unprocessable
+from api.text_input import storable
 
 T = TypeVar("T")
 
@@ -31,6 +32,6 @@ def decode_cursor(cursor: str | None) -> str | None:
         before = json.loads(raw)["before"]
     except (binascii.Error, ValueError, KeyError, TypeError) as exc:
         raise Unprocessable("malformed cursor", code="invalid_cursor", field="cursor") from exc
-    if not isinstance(before, str):
+    if not isinstance(before, str) or not storable(before):  # only ids are compared with it
         raise Unprocessable("malformed cursor", code="invalid_cursor", field="cursor")
     return before

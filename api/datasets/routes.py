@@ -14,8 +14,9 @@ from starlette.datastructures import UploadFile
 from api.datasets import service
 from api.datasets.schemas import DatasetDetail, DatasetFromPath, DatasetRead
 from api.deps import JobQueueDep, PrincipalDep, ReaderDep, SessionDep, SettingsDep
-from api.errors import Unprocessable, UnsupportedMediaType
+from api.errors import Unprocessable, UnsupportedMediaType, error_responses
 from api.pagination import Page, decode_cursor, encode_cursor
+from api.text_input import check_text
 from api.uploads import read_body, read_form
 from infra.db.models import Dataset
 
@@ -33,8 +34,9 @@ _CREATE_BODIES: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["name", "manifest", "images"],
+                    "additionalProperties": False,
                     "properties": {
-                        "name": {"type": "string"},
+                        "name": {"type": "string", "minLength": 1, "maxLength": 200},
                         "manifest": {"type": "string", "format": "binary", "description": "JSONL manifest"},
                         "images": {"type": "string", "format": "binary", "description": "zip of the images"},
                     },
@@ -56,7 +58,13 @@ def _file_field(form: Any, name: str, *, required: bool) -> UploadFile | None:
     return value
 
 
-@router.post("", status_code=201, response_model=DatasetDetail, openapi_extra=_CREATE_BODIES)
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetDetail,
+    openapi_extra=_CREATE_BODIES,
+    responses=error_responses(400, 413, 415),
+)
 async def create_dataset(
     request: Request, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, jobs: JobQueueDep
 ) -> DatasetDetail:
@@ -73,6 +81,7 @@ async def create_dataset(
                 raise Unprocessable(
                     "multipart field 'name' is required", code="validation_error", field="name"
                 )
+            check_text(name, "name")
             manifest = _file_field(form, "manifest", required=True)
             images = _file_field(form, "images", required=True)
             assert manifest is not None
@@ -122,7 +131,7 @@ async def list_datasets(
     return await read(page)
 
 
-@router.get("/{dataset_id}", response_model=DatasetDetail)
+@router.get("/{dataset_id}", response_model=DatasetDetail, responses=error_responses(404))
 async def get_dataset(dataset_id: str, read: ReaderDep, principal: PrincipalDep) -> DatasetDetail:
     return await read(
         lambda session: DatasetDetail.from_row(service.get_dataset(session, principal, dataset_id))

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import SettingsDep, get_session_factory
-from api.errors import error_body
+from api.errors import ErrorResponse, error_body
 from api.health.service import check_broker, check_database, check_disk
 
 router = APIRouter(tags=["health"])
@@ -22,7 +22,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "database or broker unreachable, or disk full"}})
+@router.get(
+    "/readyz",
+    responses={503: {"model": ErrorResponse, "description": "database or broker unreachable, or disk full"}},
+)
 async def readyz(
     settings: SettingsDep, factory: Annotated[sessionmaker[Session], Depends(get_session_factory)]
 ) -> JSONResponse:

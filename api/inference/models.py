@@ -23,7 +23,8 @@ from api.ttl_cache import TTLCache
 # `run:<id>` means, and a deleted model stops resolving, within this many seconds.
 RESOLVE_CACHE_SECONDS = 5.0
 
-_NAME = re.compile(r"^(?:model:(?P<model>[\w-]+)|run:(?P<run>[\w-]+)(?:@(?P<step>\d{1,18}))?)$")
+# A step is an INTEGER column: nine digits stay below its largest value (infra.db.base.INT32_MAX).
+_NAME = re.compile(r"^(?:model:(?P<model>[\w-]+)|run:(?P<run>[\w-]+)(?:@(?P<step>\d{1,9}))?)$")
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ from fastapi import Path as PathParam
 from api.auth import service
 from api.auth.revocation import revoke_key
 from api.deps import JobQueueDep, PrincipalDep, RevocationsDep, SessionDep
+from api.errors import error_responses
 from api.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
 from api.pagination import Page, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 
 
-@router.post("", status_code=201, response_model=ApiKeyCreated)
+@router.post("", status_code=201, response_model=ApiKeyCreated, responses=error_responses(400, 413))
 def create_key(body: ApiKeyCreate, session: SessionDep, principal: PrincipalDep) -> ApiKeyCreated:
     """Create a key (admin keys only). The response holds the key once; only its hash is stored."""
     row, key = service.issue_api_key(
@@ -38,7 +39,7 @@ def list_keys(
     return Page[ApiKeyRead](data=page, next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None)
 
 
-@router.post("/{key_id}/revoke", response_model=ApiKeyRead)
+@router.post("/{key_id}/revoke", response_model=ApiKeyRead, responses=error_responses(404, 409, 413))
 def revoke(
     key_id: Annotated[str, PathParam(max_length=40)],
     session: SessionDep,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from infra.db.models import ApiKey
 
@@ -14,7 +14,8 @@ class ApiKeyCreate(BaseModel):
 
     user: str = Field(min_length=1, max_length=200, description="User the key belongs to (created if new).")
     name: str | None = Field(None, min_length=1, max_length=200, description="Label (default: the user).")
-    admin: bool = Field(False, description="The key sees every user's resources and manages keys.")
+    # Strict: an admin grant is true or false, never 1, "yes" or "on".
+    admin: StrictBool = Field(False, description="The key sees every user's resources and manages keys.")
 
 
 class ApiKeyRead(BaseModel):

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import WithJsonSchema
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import JobQueueDep, PrincipalDep, SessionDep, SettingsDep, get_session_factory
-from api.errors import Unprocessable
+from api.errors import error_responses
 from api.pagination import Page, decode_cursor, encode_cursor
 from api.rate_limits import RunCreationLimit
 from api.runs import service
@@ -30,7 +31,7 @@ from api.runs.schemas import (
     RunRead,
 )
 from api.runs.stream import event_stream
-from infra.db.base import INT64_MAX
+from infra.db.base import INT32_MAX
 from infra.runs.lifecycle import RunStatus
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -39,7 +40,20 @@ FactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 RunId = Annotated[str, PathParam(max_length=40)]
 
 
-@router.post("", status_code=201, response_model=RunRead, dependencies=[RunCreationLimit])
+@router.post(
+    "",
+    status_code=201,
+    response_model=RunRead,
+    dependencies=[RunCreationLimit],
+    responses={
+        200: {
+            "model": RunRead,
+            "description": "A retry with the same Idempotency-Key and body: the run it created first",
+            "headers": {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}},
+        },
+        **error_responses(400, 409, 413, 429),
+    },
+)
 def create_run(
     body: RunCreate,
     response: Response,
@@ -81,12 +95,12 @@ def list_runs(
     return Page[RunRead](data=page, next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None)
 
 
-@router.get("/{run_id}", response_model=RunRead)
+@router.get("/{run_id}", response_model=RunRead, responses=error_responses(404))
 def get_run(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> RunRead:
     return RunRead.from_row(service.get_run(session, principal, run_id))
 
 
-@router.post("/{run_id}/cancel", response_model=RunRead)
+@router.post("/{run_id}/cancel", response_model=RunRead, responses=error_responses(404, 409, 413))
 def cancel_run(
     run_id: RunId, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, jobs: JobQueueDep
 ) -> RunRead:
@@ -95,7 +109,7 @@ def cancel_run(
     return RunRead.from_row(service.cancel_run(session, jobs, settings, principal, run_id))
 
 
-@router.post("/{run_id}/resume", response_model=RunRead)
+@router.post("/{run_id}/resume", response_model=RunRead, responses=error_responses(404, 409, 413))
 def resume_run(
     run_id: RunId, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, jobs: JobQueueDep
 ) -> RunRead:
@@ -103,12 +117,12 @@ def resume_run(
     return RunRead.from_row(service.resume_run(session, jobs, settings, principal, run_id))
 
 
-@router.get("/{run_id}/events", response_model=EventPage)
+@router.get("/{run_id}/events", response_model=EventPage, responses=error_responses(404))
 def list_events(
     run_id: RunId,
     session: SessionDep,
     principal: PrincipalDep,
-    after: Annotated[int, Query(ge=0, le=INT64_MAX, description="Only events with a larger seq.")] = 0,
+    after: Annotated[int, Query(ge=0, le=INT32_MAX, description="Only events with a larger seq.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> EventPage:
     events = service.list_events(session, principal, run_id, after, limit)
@@ -118,20 +132,13 @@ def list_events(
     )
 
 
-def _parse_last_event_id(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    if not value.isdigit() or int(value) > INT64_MAX:
-        raise Unprocessable(
-            "Last-Event-ID must be an event seq (a number)", code="validation_error", field="Last-Event-ID"
-        )
-    return int(value)
-
-
 @router.get(
     "/{run_id}/events/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        **error_responses(404),
+    },
 )
 async def stream_events(
     run_id: RunId,
@@ -139,15 +146,18 @@ async def stream_events(
     settings: SettingsDep,
     factory: FactoryDep,
     after: Annotated[
-        int | None, Query(ge=0, le=INT64_MAX, description="Start after this seq (Last-Event-ID wins).")
+        int | None, Query(ge=0, le=INT32_MAX, description="Start after this seq (Last-Event-ID wins).")
     ] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+    last_event_id: Annotated[
+        int | None,
+        Header(alias="Last-Event-ID", ge=0, le=INT32_MAX, description="The seq of the last event received."),
+        # A header is a value or absent, never null.
+        WithJsonSchema({"type": "integer", "minimum": 0, "maximum": INT32_MAX}),
+    ] = None,
 ) -> StreamingResponse:
     """The run's events as Server-Sent Events (`id:` is the seq): everything after `Last-Event-ID`
     (or `after`), then live; keep-alive comments; the stream ends after the run's terminal event."""
-    start = _parse_last_event_id(last_event_id)
-    if start is None:
-        start = after or 0
+    start = last_event_id if last_event_id is not None else after or 0
 
     def check() -> None:
         with factory() as session:
@@ -161,7 +171,7 @@ async def stream_events(
     )
 
 
-@router.get("/{run_id}/metrics", response_model=MetricsRead)
+@router.get("/{run_id}/metrics", response_model=MetricsRead, responses=error_responses(404))
 def get_metrics(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> MetricsRead:
     """Time series by metric name (loss, reward_mean, kl, ... per training step)."""
     series = service.metric_series(session, principal, run_id)
@@ -170,7 +180,7 @@ def get_metrics(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> 
     )
 
 
-@router.get("/{run_id}/negatives", response_model=NegativePage)
+@router.get("/{run_id}/negatives", response_model=NegativePage, responses=error_responses(404))
 def list_negatives(
     run_id: RunId,
     session: SessionDep,
@@ -187,14 +197,14 @@ def list_negatives(
     return NegativePage(data=data, total=total, next_cursor=next_cursor, summary=summary)
 
 
-@router.get("/{run_id}/artefacts", response_model=list[ArtefactRead])
+@router.get("/{run_id}/artefacts", response_model=list[ArtefactRead], responses=error_responses(404))
 def list_artefacts(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> list[ArtefactRead]:
     """What the run stored: validation report, IIG scores, mined pairs, mining summary, the aligned
     model directory, the evaluation report."""
     return service.list_artefacts(session, principal, run_id)
 
 
-@router.get("/{run_id}/checkpoints", response_model=list[CheckpointRead])
+@router.get("/{run_id}/checkpoints", response_model=list[CheckpointRead], responses=error_responses(404))
 def list_checkpoints(run_id: RunId, session: SessionDep, principal: PrincipalDep) -> list[CheckpointRead]:
     return [
         CheckpointRead(
@@ -237,11 +247,14 @@ def _tar_stream(members: list[tuple[bytes, Path, int]]) -> Iterator[bytes]:
 @router.get(
     "/{run_id}/checkpoints/{step}/download",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/x-tar": {}}, "description": "tar of the model files"}},
+    responses={
+        200: {"content": {"application/x-tar": {}}, "description": "tar of the model files"},
+        **error_responses(404),
+    },
 )
 def download_checkpoint(
     run_id: RunId,
-    step: Annotated[int, PathParam(ge=0, le=INT64_MAX)],
+    step: Annotated[int, PathParam(ge=0, le=INT32_MAX)],
     session: SessionDep,
     principal: PrincipalDep,
     settings: SettingsDep,

@@ -26,9 +26,11 @@ NAMING_CONVENTION = {
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
-# The largest value of a BIGINT column: a bigger integer in a query overflows the driver (a 500),
-# so every integer a client sends for a seq, a step or a seed is bounded by it first.
+# The largest values of a BIGINT and an INTEGER column: a bigger integer in a query overflows the
+# driver (a 500), so every integer a client sends is bounded first by its column's: INT32_MAX for
+# seqs and steps (INTEGER columns), INT64_MAX for seeds.
 INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -141,6 +141,8 @@ def test_only_admins_read_the_log_and_manage_keys_and_refused_actions_leave_no_e
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "user"
     bad = client.post("/v1/keys", json={"user": "x", "role": "god"}, headers=admin.headers)
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "role"
+    bad = client.post("/v1/keys", json={"user": "x", "admin": 1}, headers=admin.headers)  # strictly a bool
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "admin"
     assert len(_entries(client, admin, limit=200)) == before
     # Cancelling a run that is already being cancelled is no new action either.
     held = _run(session_factory, alice, status=RunStatus.cancelling)

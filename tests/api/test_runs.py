@@ -368,6 +368,27 @@ def test_events_after_must_be_a_number(
     assert stream.status_code == 422 and stream.json()["error"]["field"] == "Last-Event-ID"
 
 
+def test_seqs_and_steps_are_bounded_by_their_integer_columns(
+    client: TestClient, alice: KeyFor, refs: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    """Seqs and steps are INTEGER columns: a bigger number is a 422, never an overflow in the query
+    (a 500 once the run exists); the largest one is simply past every event."""
+    run_id = _run(session_factory, alice, refs, status=RunStatus.cancelled)
+    h = alice.headers
+    events = f"/v1/runs/{run_id}/events"
+    assert client.get(events, params={"after": 2**31 - 1}, headers=h).json()["data"] == []
+    for path, params, headers in [
+        (events, {"after": 2**31}, h),
+        (f"{events}/stream", {"after": 2**31}, h),
+        (f"{events}/stream", {}, {**h, "Last-Event-ID": str(2**31)}),
+        (f"/v1/runs/{run_id}/checkpoints/{2**31}/download", {}, h),
+    ]:
+        resp = client.get(path, params=params, headers=headers)
+        assert resp.status_code == 422, (path, params, resp.text)
+    assert client.get(f"/v1/runs/{run_id}/checkpoints/{2**31 - 1}/download", headers=h).status_code == 404
+    assert client.get(f"/v1/models/run:{run_id}@{2**31}", headers=h).status_code == 404
+
+
 def test_sse_replays_after_last_event_id_and_closes_after_the_end(
     client: TestClient, alice: KeyFor, refs: dict[str, str], session_factory: sessionmaker[Session]
 ) -> None:

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import PrincipalDep, SettingsDep, get_session_factory
+from api.errors import error_responses
 from api.inference.chat import service
 from api.inference.chat.schemas import ChatCompletion, ChatCompletionRequest
 from api.rate_limits import InferenceLimit
@@ -20,7 +21,10 @@ router = APIRouter(prefix="/chat", tags=["inference"])
     "/completions",
     response_model=ChatCompletion,
     dependencies=[InferenceLimit],
-    responses={200: {"content": {"text/event-stream": {}}, "description": "With stream=true: SSE chunks."}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "With stream=true: SSE chunks."},
+        **error_responses(404, 413, 429, 504, openai=True),
+    },
 )
 async def create_chat_completion(
     request: Request,

@@ -29,6 +29,7 @@ class ImagePart(BaseModel):
 
 
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+StopSequence = Annotated[str, Field(min_length=1)]
 
 
 class ChatMessage(BaseModel):
@@ -55,7 +56,9 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(
         None, ge=0, le=INT64_MAX, description="Makes sampling reproducible (such requests are not batched)."
     )
-    stop: str | list[str] | None = None
+    stop: StopSequence | Annotated[list[StopSequence], Field(max_length=4)] | None = Field(
+        None, description="Up to 4 strings that end the answer where they appear."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
@@ -64,10 +67,7 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> list[str]:
-        stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes up to 4 non-empty strings")
-        return stops
+        return [value] if isinstance(value, str) else list(value or [])
 
 
 class Usage(BaseModel):

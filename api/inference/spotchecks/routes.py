@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import PrincipalDep, SessionDep, SettingsDep, get_session_factory
+from api.errors import error_responses
 from api.inference.spotchecks import service
 from api.inference.spotchecks.schemas import SpotCheckCreate, SpotCheckRead
 from api.pagination import Page, decode_cursor, encode_cursor
@@ -16,7 +17,13 @@ from api.rate_limits import InferenceLimit
 router = APIRouter(prefix="/spot-checks", tags=["inference"])
 
 
-@router.post("", status_code=201, response_model=SpotCheckRead, dependencies=[InferenceLimit])
+@router.post(
+    "",
+    status_code=201,
+    response_model=SpotCheckRead,
+    dependencies=[InferenceLimit],
+    responses=error_responses(400, 404, 413, 429, 504),
+)
 async def create_spot_check(
     body: SpotCheckCreate,
     session: SessionDep,
@@ -44,6 +51,6 @@ def list_spot_checks(
     )
 
 
-@router.get("/{spot_check_id}", response_model=SpotCheckRead)
+@router.get("/{spot_check_id}", response_model=SpotCheckRead, responses=error_responses(404))
 def get_spot_check(spot_check_id: str, session: SessionDep, principal: PrincipalDep) -> SpotCheckRead:
     return service.to_read(service.get_spot_check(session, principal, spot_check_id))
