@@ -24,8 +24,21 @@ def register(app: typer.Typer) -> None:
     app.command("run")(run)
 
 
-def load_config(path: Path | None) -> MBPOConfig:
-    return MBPOConfig.from_yaml(path) if path else MBPOConfig.model_validate({})
+SET_HELP = (
+    "Override one setting: dotted.key=value, e.g. --set train.learning_rate=1e-5 (repeatable; "
+    "values are JSON or YAML: 3, 1e-5, true, null, [a, b])."
+)
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> MBPOConfig:
+    from mbpo_core.config import apply_overrides
+
+    try:
+        if path is not None:
+            return MBPOConfig.from_yaml(path, overrides or [])
+        return MBPOConfig.model_validate(apply_overrides({}, overrides or []))
+    except ValueError as exc:  # pydantic's ValidationError and OverrideError name the field
+        raise typer.BadParameter(str(exc), param_hint="--config / --set") from exc
 
 
 class StopRequest:
@@ -92,13 +105,14 @@ def train(
         None, "--config", help="MBPOConfig YAML (only `train` and seed/device used)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Hybrid offline/online GRPO: mined pairs and online prompts with verified rewards."""
     if pairs is None and online is None:
         raise typer.BadParameter("give --pairs, --online or both")
     from mbpo_core.training.session import train_policy
 
-    settings = load_config(config)
+    settings = load_config(config, overrides)
     with stop_on_interrupt() as stop, progress_bar("training") as report:
         result = train_policy(
             model, out, settings, online=online, pairs=pairs, progress=report, should_stop=stop, resume=resume
@@ -117,11 +131,15 @@ def train(
 def run(
     config: Path = typer.Option(..., "--config", help="Run spec YAML: paths + `config:` (an MBPOConfig)."),
     out: Path | None = typer.Option(None, "--out", help="Override the spec's output directory."),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """The whole pipeline without the service: score -> mine -> train -> evaluate, then report.json."""
     from mbpo_core.pipeline.spec import RunSpec, run_pipeline
 
-    spec = RunSpec.from_yaml(config)
+    try:
+        spec = RunSpec.from_yaml(config, overrides or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config / --set") from exc
     if out is not None:
         spec = spec.model_copy(update={"out": out})
     with stop_on_interrupt() as stop, progress_bar("pipeline") as report:

@@ -7,8 +7,11 @@ never a silently ignored setting. This module must stay free of torch (the API i
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
@@ -115,6 +118,10 @@ class LoraConfig(_Section):
     )
 
 
+# Entry point names of `train.reward_funcs` (what `[project.entry-points."mbpo.rewards"]` may hold).
+REWARD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+
+
 class TrainConfig(_Section):
     """Hybrid offline/online GRPO (docs/method.md §4-5)."""
 
@@ -167,6 +174,13 @@ class TrainConfig(_Section):
     lora: LoraConfig = Field(default_factory=lambda: LoraConfig.model_validate({}))
     freeze_vision: StrictBool = Field(
         True, description="Keep the vision tower frozen (the usual and cheaper choice)."
+    )
+    reward_funcs: list[Annotated[str, Field(pattern=REWARD_NAME_PATTERN, max_length=100)]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Extra reward functions, by the name of an installed `mbpo.rewards` entry point "
+        "(TRL's reward_funcs signature, with a `max_reward` attribute); added to the verified accuracy "
+        "and format rewards. Never loaded from uploaded code.",
     )
 
     @model_validator(mode="after")
@@ -227,6 +241,59 @@ class MBPOConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> MBPOConfig:
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> MBPOConfig:
         data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.model_validate(data)
+        return cls.model_validate(apply_overrides(data, overrides))
+
+
+# ---- dotted overrides (`mbpo run --set train.learning_rate=1e-5`) ---------------------------------
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class OverrideError(ValueError):
+    """A `--set` assignment that is not `dotted.key=value`, or that crosses a non-mapping."""
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: JSON when it parses (1e-5, true, null, [1, 2], {"a": 1}), else YAML
+    (`yes`, unquoted words), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(
+    data: dict[str, Any],
+    assignments: Sequence[str],
+    *,
+    prefix: str = "",
+    top_level: Sequence[str] = (),
+) -> dict[str, Any]:
+    """`data` with each `dotted.key=value` of `assignments` set (a copy; nested mappings created as
+    needed). `prefix` is put before keys whose first part is not in `top_level` (`mbpo run` specs
+    hold the MBPOConfig under `config.`, so `train.learning_rate` means `config.train.learning_rate`).
+    Validation of the result (unknown fields, types, bounds) is the model's, which names the field."""
+    out: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key = key.strip()
+        if not sep or not _KEY.match(key):
+            raise OverrideError(f"--set {assignment!r}: expected dotted.key=value, e.g. train.max_steps=50")
+        if prefix and key.split(".")[0] not in top_level:
+            key = f"{prefix}.{key}"
+        *parents, leaf = key.split(".")
+        node = out
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parents[: i + 1])
+                raise OverrideError(f"--set {assignment!r}: {where} is a value, not a section")
+            node = child
+        node[leaf] = parse_value(raw.strip())
+    return out

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mbpo_core.config import MBPOConfig
+from mbpo_core.config import MBPOConfig, apply_overrides
 from mbpo_core.training.progress import ProgressCallback, ProgressEvent
 
 REPORT_NAME = "report.json"
@@ -63,8 +63,11 @@ class RunSpec(BaseModel):
         return self
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> RunSpec:
-        """Load a run file; relative paths are taken relative to the file."""
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> RunSpec:
+        """Load a run file; relative paths in it are taken relative to the file. `overrides` are
+        `dotted.key=value` assignments (`--set`): keys of the spec (`out`, `model`, ...) or of its
+        MBPOConfig without the `config.` (`train.learning_rate=1e-5`); their paths are relative to
+        the working directory."""
         file = Path(path)
         data = yaml.safe_load(file.read_text()) or {}
         base = file.resolve().parent
@@ -72,6 +75,7 @@ class RunSpec(BaseModel):
             if data.get(key) is not None:
                 data[key] = str(base / data[key])
         data["eval"] = {name: str(base / p) for name, p in (data.get("eval") or {}).items()}
+        data = apply_overrides(data, overrides, prefix="config", top_level=list(cls.model_fields))
         return cls.model_validate(data)
 
 

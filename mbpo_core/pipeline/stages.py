@@ -258,6 +258,12 @@ def validate(
             "the online dataset has no close-ended samples (yes_no, multiple_choice, number): "
             "online GRPO needs verifiable answers",
         )
+    from mbpo_core.training.rewards import RewardPluginError, load_reward_funcs
+
+    try:
+        load_reward_funcs(config.train.reward_funcs)
+    except RewardPluginError as exc:
+        raise PipelineError("unknown_reward", str(exc)) from exc
     result = {
         "model": {"family": info.family, "param_count": info.param_count},
         "datasets": datasets,

@@ -15,11 +15,21 @@ and evaluation. Torch-free.
 The `trl_*` functions below have the signature TRL's `GRPOTrainer` expects of `reward_funcs`:
 `f(prompts, completions, completion_ids, **columns) -> list[float]`, one reward per completion,
 reading the dataset columns `task`, `answer` and `choices` of each row.
+
+Users add their own (`train.reward_funcs`) as entry points of an installed package, never as
+uploaded code:
+
+    # pyproject.toml of the user's package
+    [project.entry-points."mbpo.rewards"]
+    brevity = "my_rewards:brevity"      # my_rewards.brevity(prompts, completions, **columns) -> list[float]
+                                        # with brevity.max_reward = 1.0 (what a chosen offline answer earns)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 from mbpo_core.data.verifiers import is_correct, parse_answer
@@ -107,3 +117,44 @@ def answer_format(
 # function's maximum is what a chosen offline answer is credited with (docs/method.md §5: reward = max).
 TRL_REWARD_FUNCS = (accuracy, answer_format)
 TRL_REWARD_MAXIMA = (ACCURACY_MAX, FORMAT_MAX)
+
+
+# ---- user rewards (entry points) -----------------------------------------------------------------
+
+REWARD_ENTRY_POINTS = "mbpo.rewards"
+RewardFunc = Callable[..., list[float]]
+
+
+class RewardPluginError(ValueError):
+    """A `train.reward_funcs` name that no installed package provides, or a bad reward function."""
+
+
+def installed_rewards() -> list[str]:
+    """Names of the reward functions installed packages provide (entry point group `mbpo.rewards`)."""
+    return sorted({ep.name for ep in entry_points(group=REWARD_ENTRY_POINTS)})
+
+
+def load_reward_funcs(names: Sequence[str]) -> tuple[list[RewardFunc], list[float]]:
+    """The functions and maxima of the named `mbpo.rewards` entry points, in order."""
+    found = {ep.name: ep for ep in entry_points(group=REWARD_ENTRY_POINTS)}
+    funcs: list[RewardFunc] = []
+    maxima: list[float] = []
+    for name in names:
+        if name not in found:
+            have = ", ".join(sorted(found)) or "none"
+            raise RewardPluginError(
+                f"train.reward_funcs: no installed package provides a reward named {name!r} "
+                f"(entry point group {REWARD_ENTRY_POINTS!r}; installed: {have})"
+            )
+        func = found[name].load()
+        top = getattr(func, "max_reward", None)
+        if not callable(func):
+            raise RewardPluginError(f"train.reward_funcs: {name!r} ({found[name].value}) is not callable")
+        if isinstance(top, bool) or not isinstance(top, int | float) or not math.isfinite(top):
+            raise RewardPluginError(
+                f"train.reward_funcs: {name!r} needs a finite numeric `max_reward` attribute (the reward "
+                "a chosen offline answer is credited with)"
+            )
+        funcs.append(func)
+        maxima.append(float(top))
+    return funcs, maxima

@@ -26,6 +26,7 @@ from mbpo_core.training import checkpoint
 from mbpo_core.training.arguments import grpo_config, peft_config
 from mbpo_core.training.data import build_prompt_dataset, load_prompts, offline_groups_per_step
 from mbpo_core.training.progress import ProgressBridge, ProgressCallback
+from mbpo_core.training.rewards import TRL_REWARD_FUNCS, TRL_REWARD_MAXIMA, load_reward_funcs
 from mbpo_core.training.trainer import HybridGRPOTrainer
 
 # Parameters of the vision encoder proper (the projector stays trainable in full fine-tuning).
@@ -85,6 +86,7 @@ def build_trainer(
         bf16=dtype == torch.bfloat16,
         num_processes=processes,
     )
+    extra_rewards, extra_maxima = load_reward_funcs(train.reward_funcs)
     trainer = HybridGRPOTrainer(
         model=model,
         args=args,
@@ -99,6 +101,8 @@ def build_trainer(
         ),
         offline_ratio=train.offline_ratio,
         peft_config=peft_config(train.lora),
+        reward_funcs=[*TRL_REWARD_FUNCS, *extra_rewards],
+        reward_maxima=[*TRL_REWARD_MAXIMA, *extra_maxima],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to the ProgressCallback instead
     return trainer, prompts.skipped
