@@ -185,6 +185,18 @@ class Settings(BaseSettings):
         le=65535,
         description="Port on which each worker serves its Prometheus metrics (all interfaces). 0: none.",
     )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="Where runs with train.report_to: [mlflow] are tracked (an MLflow server URL or a "
+        "database URI). Unset: sqlite:///MBPO_HOME/mlflow.db.",
+    )
+    mlflow_experiment: str = Field("mbpo", description="MLflow experiment of tracked runs.")
+    wandb_project: str = Field("mbpo", description="W&B project of runs with train.report_to: [wandb].")
+    wandb_mode: Literal["offline", "online"] = Field(
+        "offline",
+        description="W&B mode; offline writes under MBPO_HOME/wandb (`wandb sync` uploads it later); "
+        "online needs WANDB_API_KEY in the worker's environment (never logged).",
+    )
     log_level: str = Field("INFO", description="Log level of API and worker.")
 
     @field_validator("data_roots", mode="before")

@@ -175,6 +175,13 @@ class TrainConfig(_Section):
     freeze_vision: StrictBool = Field(
         True, description="Keep the vision tower frozen (the usual and cheaper choice)."
     )
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        max_length=3,
+        description="Experiment trackers that also receive the training metrics, through transformers' "
+        "integrations (optional extra `mbpo[tracking]`); where they write is set by the deployment "
+        "(MBPO_MLFLOW_TRACKING_URI, MBPO_WANDB_*; TensorBoard: the run's training/tensorboard).",
+    )
     reward_funcs: list[Annotated[str, Field(pattern=REWARD_NAME_PATTERN, max_length=100)]] = Field(
         default_factory=list,
         max_length=8,

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -115,6 +116,19 @@ class RunLease(Lease):
             )
             return False
         return super().renew(**values)
+
+
+def tracking_environment(settings: Settings) -> dict[str, str]:
+    """Where transformers' MLflow and W&B integrations write (`train.report_to`), from the settings."""
+    home = settings.home_dir
+    return {
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri or f"sqlite:///{home / 'mlflow.db'}",
+        "MLFLOW_EXPERIMENT_NAME": settings.mlflow_experiment,
+        "WANDB_PROJECT": settings.wandb_project,
+        "WANDB_MODE": settings.wandb_mode,
+        "WANDB_DIR": str(home),
+        "WANDB_SILENT": "true",
+    }
 
 
 def run_layout(settings: Settings, run_id: str) -> RunLayout:
@@ -416,6 +430,7 @@ class RunRecorder:
             self.register_artefact("mining_summary", layout.mining_dir / "summary.json")
         elif stage == "training":
             self.register_artefact("model", layout.final_model_dir, {"steps": result.get("steps")})
+            self.register_artefact("tensorboard", layout.tensorboard_archive)
         elif stage == "evaluating":
             self.register_artefact("eval_report", layout.eval_dir / "report.json")
 
@@ -532,6 +547,7 @@ def execute_run(
         return None
     layout = run_layout(settings, run_id)
     layout.root.mkdir(parents=True, exist_ok=True)
+    os.environ.update(tracking_environment(settings))  # one run at a time per worker process
     with lease.keep_alive() as lost:
         recorder = RunRecorder(factory, settings, run_id, owner, lease, layout, lost)
         # Results reach the run directory only while this worker holds the lease (RunLayout.may_write).

@@ -380,6 +380,7 @@ ARTEFACT_FILE_TYPES = {
     ".webp": "image/webp",
     ".json": "application/json",
     ".jsonl": "application/x-ndjson",
+    ".gz": "application/gzip",  # the TensorBoard logs of a run (tensorboard.tar.gz)
 }
 
 

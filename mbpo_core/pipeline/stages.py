@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import statistics
+import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -137,6 +138,11 @@ class RunLayout:
         from mbpo_core.training.session import FINAL_MODEL_SUBDIR
 
         return self.training_dir / FINAL_MODEL_SUBDIR
+
+    @property
+    def tensorboard_archive(self) -> Path:
+        """The TensorBoard event files of training (`train.report_to: [tensorboard]`), as one download."""
+        return self.training_dir / "tensorboard.tar.gz"
 
     @property
     def eval_dir(self) -> Path:
@@ -258,12 +264,19 @@ def validate(
             "the online dataset has no close-ended samples (yes_no, multiple_choice, number): "
             "online GRPO needs verifiable answers",
         )
+    from mbpo_core.training.arguments import missing_trackers
     from mbpo_core.training.rewards import RewardPluginError, load_reward_funcs
 
     try:
         load_reward_funcs(config.train.reward_funcs)
     except RewardPluginError as exc:
         raise PipelineError("unknown_reward", str(exc)) from exc
+    if missing := missing_trackers(config.train.report_to):
+        raise PipelineError(
+            "tracking_unavailable",
+            f"train.report_to: {', '.join(missing)} not installed on this worker "
+            "(pip install 'mbpo[tracking]' there, or remove it from report_to)",
+        )
     result = {
         "model": {"family": info.family, "param_count": info.param_count},
         "datasets": datasets,
@@ -439,8 +452,22 @@ def train(
         "skipped_pairs": result.skipped_pairs,
         "final_log": {k: v for k, v in final_metrics.items() if isinstance(v, int | float)},
     }
+    _archive_tensorboard(layout)
     layout.write_json(layout.stage_file("training"), summary)
     return summary
+
+
+def _archive_tensorboard(layout: RunLayout) -> None:
+    from mbpo_core.training.arguments import TENSORBOARD_SUBDIR
+
+    logs = layout.training_dir / TENSORBOARD_SUBDIR
+    if not logs.is_dir():
+        return
+    tmp = layout.tensorboard_archive.with_name(f".{layout.tensorboard_archive.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as archive:
+        archive.add(logs, arcname=TENSORBOARD_SUBDIR)
+    layout.check_write()
+    os.replace(tmp, layout.tensorboard_archive)
 
 
 @dataclass(frozen=True)

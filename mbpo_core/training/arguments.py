@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,11 @@ from trl import GRPOConfig
 
 from mbpo_core.config import LoraConfig, TrainConfig
 from mbpo_core.models.base import VISION_ENCODERS, VISION_PROJECTORS
+
+# TensorBoard event files, beside the checkpoints: <run>/training/tensorboard.
+TENSORBOARD_SUBDIR = "tensorboard"
+# Which package each `train.report_to` tracker needs.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 # The vision side of every family (encoder and projector) never gets LoRA adapters.
 VISION_MODULE_PATTERN = rf".*\b({'|'.join(VISION_ENCODERS + VISION_PROJECTORS)})\b.*"
@@ -22,6 +28,7 @@ def grpo_config(
     use_cpu: bool,
     bf16: bool,
     num_processes: int = 1,
+    run_name: str | None = None,
 ) -> GRPOConfig:
     """TRL arguments for a run. One generation batch per optimiser step (steps_per_generation = GA),
     so a step's groups are sampled by the policy being updated; checkpoints every `save_steps`."""
@@ -58,12 +65,32 @@ def grpo_config(
         save_steps=train.save_steps,
         save_total_limit=train.keep_checkpoints,
         logging_steps=1,
-        report_to=[],
+        # TensorBoard is added by the session with its own log directory (tensorboard_callback).
+        report_to=[name for name in dict.fromkeys(train.report_to) if name != "tensorboard"],
+        run_name=run_name,
         disable_tqdm=True,
         remove_unused_columns=False,  # the reward functions read task/answer/choices
         dataloader_num_workers=0,
         log_completions=False,
     )
+
+
+def tensorboard_callback(train: TrainConfig, training_dir: Path) -> Any:
+    """transformers' TensorBoard callback writing to `training_dir/tensorboard` when `report_to`
+    names it (transformers itself would pick `output_dir/runs/<date>`), else None."""
+    if "tensorboard" not in train.report_to:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(training_dir / TENSORBOARD_SUBDIR)))
+
+
+def missing_trackers(report_to: Sequence[str]) -> list[str]:
+    """The trackers of `train.report_to` whose package is not installed here."""
+    import importlib.util
+
+    return [name for name in report_to if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None]
 
 
 def peft_config(lora: LoraConfig) -> Any:

@@ -23,7 +23,7 @@ from mbpo_core.models.base import VISION_ENCODERS
 from mbpo_core.models.device import resolve_device, resolve_dtype
 from mbpo_core.models.loader import load_adapter
 from mbpo_core.training import checkpoint
-from mbpo_core.training.arguments import grpo_config, peft_config
+from mbpo_core.training.arguments import grpo_config, peft_config, tensorboard_callback
 from mbpo_core.training.data import build_prompt_dataset, load_prompts, offline_groups_per_step
 from mbpo_core.training.progress import ProgressBridge, ProgressCallback
 from mbpo_core.training.rewards import TRL_REWARD_FUNCS, TRL_REWARD_MAXIMA, load_reward_funcs
@@ -85,6 +85,7 @@ def build_trainer(
         use_cpu=device == "cpu",
         bf16=dtype == torch.bfloat16,
         num_processes=processes,
+        run_name=Path(out_dir).resolve().parent.name,  # the run directory's name: the service's run id
     )
     extra_rewards, extra_maxima = load_reward_funcs(train.reward_funcs)
     trainer = HybridGRPOTrainer(
@@ -105,6 +106,8 @@ def build_trainer(
         reward_maxima=[*TRL_REWARD_MAXIMA, *extra_maxima],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to the ProgressCallback instead
+    if (tensorboard := tensorboard_callback(train, Path(out_dir))) is not None:
+        trainer.add_callback(tensorboard)
     return trainer, prompts.skipped
 
 
