@@ -1,4 +1,4 @@
-# Two commands matter: `make run` (serve the API with a local worker) and `make test` (lint + tests).
+# Two commands matter: `make run` (serve the API with its local workers) and `make test` (lint + tests).
 # Both install what is missing first: `make run` only what serving needs, `make test` (and
 # `make install`) also the development tools and Chromium. Every step says what it does first.
 

@@ -16,8 +16,14 @@ images), which costs the same compute per token as the testbed's base model and 
 16 tokens (it never ends its turn). The trained testbed model (`--model TESTBED/base_model`) answers
 "yes"/"no" in one token, so its figures measure the fixed cost of a request, not 16 tokens.
 Creates a throwaway database on the local PostgreSQL and a throwaway Redis key prefix. The report
-records the machine's load average before and after: on a shared machine, compare runs only when
-it was alike.
+records the machine's load average before and after.
+
+--baseline-tree DIR: before/after on a shared, noisy machine. DIR is another checkout of this
+repository (e.g. `git worktree add /tmp/base <commit>`); its `mbpo api` and `mbpo worker` run beside
+this tree's, on the same database, Redis and model (each service with a key prefix of its own), and
+every round sends one request to each, in alternating order, right after the direct call. The report
+adds the baseline's p50/p99, its ratio, and the median of the paired differences
+(this tree - baseline).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -159,6 +166,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per throughput level")
     parser.add_argument("--clients", default="1,4,16", help="throughput levels; empty: none")
     parser.add_argument(
+        "--baseline-tree", help="another checkout of the repository to serve side by side (before/after)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -185,7 +195,6 @@ def main() -> None:
     _, answer = generate()  # warm-up
     report["answer_tokens"] = len(generate.adapter.tokenizer(answer, add_special_tokens=False)["input_ids"])
 
-    prefix = services.broker_prefix()
     with services.fresh_database() as db_url:
         engine = make_engine(db_url)
         with make_session_factory(engine).begin() as session:
@@ -203,78 +212,122 @@ def main() -> None:
             session.flush()
             model = f"model:{record.id}"
         engine.dispose()
-        env = services.service_env(
-            DATABASE_URL=db_url,
-            BROKER_URL=services.REDIS_URL,
-            MBPO_BROKER_KEY_PREFIX=prefix,
-            MBPO_HOME=str(scratch / "home"),
-            MBPO_LOG_LEVEL="WARNING",
-            # One key sends everything: the per-key limit would measure itself, not the inference path.
-            MBPO_RATE_LIMIT_INFERENCE_PER_MINUTE="0",
-            OMP_NUM_THREADS=str(args.threads),
-        )
-        port = services.free_port()
-        url = f"http://127.0.0.1:{port}"
-        worker_log, api_log = scratch / "worker.log", scratch / "api.log"
-        worker = services.start_mbpo(
-            [
-                "worker",
-                "--queues",
-                "inference",
-                "--pool",
-                "threads",
-                "--concurrency",
-                "16",
-                "--loglevel",
-                "WARNING",
-            ],
-            env,
-            worker_log,
-        )
-        api = services.start_mbpo(["api", "--port", str(port)], env, api_log)
+        trees = {"endpoint": REPO}
+        if args.baseline_tree:
+            trees["baseline"] = Path(args.baseline_tree).resolve()
+        stacks = [Service(name, tree, db_url, scratch, args.threads) for name, tree in trees.items()]
         headers = {"Authorization": f"Bearer {key}"}
         try:
-            services.wait_for(lambda: _healthy(url), timeout=120, what="mbpo api")
-            with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
+            clients = {}
+            for stack in stacks:
+                services.wait_for(stack.healthy, timeout=120, what=f"mbpo api ({stack.name})")
+                clients[stack.name] = httpx.Client(base_url=stack.url, headers=headers, timeout=300)
                 for _ in range(3):  # model load, torch warm-up
-                    one_request(client, model, png)
-                # Alternate the two, so both see the same machine load (it is shared and noisy).
-                direct, endpoint = [], []
-                for _ in range(args.requests):
-                    direct.append(generate()[0])
-                    endpoint.append(one_request(client, model, png)[0])
-                ttft = [first_token(client, model, png) for _ in range(max(5, args.requests // 2))]
-            report["direct"] = {
-                "p50_ms": round(1000 * percentile(direct, 0.5), 1),
-                "p99_ms": round(1000 * percentile(direct, 0.99), 1),
-            }
-            report["endpoint"] = {
-                "p50_ms": round(1000 * percentile(endpoint, 0.5), 1),
-                "p99_ms": round(1000 * percentile(endpoint, 0.99), 1),
-            }
+                    one_request(clients[stack.name], model, png)
+            # Alternate them, so all see the same machine load (it is shared and noisy).
+            direct: list[float] = []
+            latency: dict[str, list[float]] = {name: [] for name in clients}
+            for i in range(args.requests):
+                direct.append(generate()[0])
+                for name in list(clients)[:: 1 if i % 2 == 0 else -1]:
+                    latency[name].append(one_request(clients[name], model, png)[0])
+            client = clients["endpoint"]
+            ttft = [first_token(client, model, png) for _ in range(max(5, args.requests // 2))]
+            report["direct"] = _summary(direct)
+            for name, values in latency.items():
+                report[name] = _summary(values)
+                report[name]["ratio_p50"] = round(percentile(values, 0.5) / percentile(direct, 0.5), 3)
+            endpoint = latency["endpoint"]
             report["ratio_p50"] = round(percentile(endpoint, 0.5) / percentile(direct, 0.5), 3)
             report["goal_ratio_p50"] = GOAL_RATIO_P50
             report["goal_met"] = report["ratio_p50"] <= GOAL_RATIO_P50
             report["ratio_p99"] = round(percentile(endpoint, 0.99) / percentile(direct, 0.99), 3)
-            report["time_to_first_token"] = {
-                "p50_ms": round(1000 * percentile(ttft, 0.5), 1),
-                "p99_ms": round(1000 * percentile(ttft, 0.99), 1),
-            }
+            report["time_to_first_token"] = _summary(ttft)
             print("direct:", report["direct"], "endpoint:", report["endpoint"], flush=True)
             met = "met" if report["goal_met"] else "not met"
             print(f"ratio p50: {report['ratio_p50']} (goal <= {GOAL_RATIO_P50}: {met})", flush=True)
+            if "baseline" in latency:
+                paired = [a - b for a, b in zip(endpoint, latency["baseline"], strict=True)]
+                report["paired_difference_p50_ms"] = round(1000 * percentile(paired, 0.5), 2)
+                print("baseline:", report["baseline"], flush=True)
+                print(
+                    "this tree - baseline, paired median (ms):",
+                    report["paired_difference_p50_ms"],
+                    flush=True,
+                )
             print("time to first token:", report["time_to_first_token"], flush=True)
             report["throughput"] = []
-            for clients in (int(c) for c in args.clients.split(",") if c.strip()):
-                level = throughput(url, headers, model, png, clients, args.duration)
+            for level_clients in (int(c) for c in args.clients.split(",") if c.strip()):
+                level = throughput(stacks[0].url, headers, model, png, level_clients, args.duration)
                 report["throughput"].append(level)
                 print("throughput:", level, flush=True)
+            for c in clients.values():
+                c.close()
         finally:
-            services.stop_process_group(api)
-            services.stop_process_group(worker)
-            services.delete_redis_prefix(prefix)
+            for stack in stacks:
+                stack.stop()
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(1000 * percentile(values, 0.5), 1),
+        "p99_ms": round(1000 * percentile(values, 0.99), 1),
+    }
+
+
+class Service:
+    """`mbpo api` and an inference worker (`--pool threads --concurrency 16`) of the code in `tree`,
+    with a Redis key prefix and MBPO_HOME of their own."""
+
+    def __init__(self, name: str, tree: Path, db_url: str, scratch: Path, threads: int):
+        self.name = name
+        self.prefix = services.broker_prefix()
+        self.url = f"http://127.0.0.1:{services.free_port()}"
+        env = services.service_env(
+            DATABASE_URL=db_url,
+            BROKER_URL=services.REDIS_URL,
+            MBPO_BROKER_KEY_PREFIX=self.prefix,
+            MBPO_HOME=str(scratch / f"home-{name}"),
+            MBPO_LOG_LEVEL="WARNING",
+            # One key sends everything: the per-key limit would measure itself, not the inference path.
+            MBPO_RATE_LIMIT_INFERENCE_PER_MINUTE="0",
+            OMP_NUM_THREADS=str(threads),
+        )
+        worker = [
+            "worker",
+            "--queues",
+            "inference",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "16",
+            "--loglevel",
+            "WARNING",
+        ]
+        api = ["api", "--port", self.url.rsplit(":", 1)[1]]
+        self.procs = []
+        for args in (worker, api):
+            log = (scratch / f"{name}-{args[0]}.log").open("wb")
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "mbpo_cli.main", *args],
+                    env=env,
+                    cwd=tree,  # `python -m` imports the code of the tree it runs in
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+
+    def healthy(self) -> bool:
+        return _healthy(self.url)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            services.stop_process_group(proc)
+        services.delete_redis_prefix(self.prefix)
 
 
 def _healthy(url: str) -> bool:

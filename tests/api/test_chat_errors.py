@@ -261,3 +261,21 @@ def test_resolved_names_are_reused_for_a_few_seconds_only(
     with pytest.raises(NotFound):
         asyncio.run(resolve(factory, cache, owner, model_id))
     assert lookups == 4
+
+
+def test_no_inference_worker_is_a_504_and_the_request_is_withdrawn(
+    settings: Settings, session_factory: sessionmaker[Session], alice: KeyFor, model_id: str
+) -> None:
+    """Nobody consumes the inference queue: after MBPO_INFERENCE_TIMEOUT_SECONDS the client gets a
+    504 naming the likely cause, and neither the request nor its reply channel is left in Redis."""
+    import redis
+
+    from tests.helpers import services
+
+    quick = settings.model_copy(update={"inference_timeout_seconds": 0.5})
+    with _client(quick, session_factory) as client:
+        error = _error(_post(client, alice, _body(model_id, _image(data_url(PNG)))), 504, "inference_timeout")
+    assert "inference queue" in error["message"]
+    store = redis.Redis.from_url(services.REDIS_URL)
+    assert store.llen(f"{settings.broker_key_prefix}mbpo:inference:requests") == 0
+    assert not list(store.scan_iter(match=f"{settings.broker_key_prefix}mbpo:reply:*"))
