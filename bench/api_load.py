@@ -1,8 +1,8 @@
 """Load benchmark of the read API on the production stack: uvicorn workers (`mbpo api`) against
 PostgreSQL, driven by wrk.
 
-Measures p50/p99 latency, requests/s, errors, and the CPU per request of the server processes
-and of the PostgreSQL backends serving them, for
+Measures p50/p99 latency, requests/s, errors, the CPU per request of the server processes and of
+the PostgreSQL backends serving them, and the database connections opened meanwhile, for
   GET /healthz                  (the baseline: the framework floor, no authentication, no database)
   GET /v1/datasets/{id}         (one dataset with its stats and validation report)
   GET /v1/datasets?limit=50     (a page of 50, newest first)
@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from sqlalchemy import text
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -97,6 +98,10 @@ def seed(url: str, datasets: int) -> tuple[str, str]:
                 session.flush()
                 if who == "bench":
                     ids.append(row.id)
+    with engine.begin() as conn:
+        # Planner statistics, as a live database has them (autovacuum would take a minute): without
+        # them a page of 50 sorts all of the owner's rows.
+        conn.execute(text("ANALYZE"))
     engine.dispose()
     return key, ids[len(ids) // 2]
 
@@ -146,7 +151,8 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 def postgres_cpu_seconds(database: str) -> float:
-    """CPU of the PostgreSQL backends connected to `database` (their process title names it)."""
+    """CPU of the PostgreSQL backends connected to `database` (their process title names it). A
+    backend that exits during a scenario takes its CPU with it: see `postgres_sessions`."""
     prefix = b"postgres: "
     marker = f" {database} ".encode()
 
@@ -155,6 +161,13 @@ def postgres_cpu_seconds(database: str) -> float:
         return title.startswith(prefix) and marker in title
 
     return _cpu_seconds(serves)
+
+
+def postgres_sessions(admin_url: str, database: str) -> int:
+    """Connections ever opened to `database`: a pool that keeps its connections opens none under load."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (database,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def run_wrk(url: str, key: str, clients: int, duration: int, threads: int) -> dict[str, float]:
@@ -193,9 +206,9 @@ def report(
     )
     print(
         "| endpoint | clients | p50 ms | p99 ms | req/s | errors | server CPU ms/req | "
-        "postgres CPU ms/req | p99 / baseline | server CPU / baseline |"
+        "postgres CPU ms/req | connections opened | p99 / baseline | server CPU / baseline |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         floor = baseline.get(r["clients"])
         p99_ratio = f"{r['p99_ms'] / floor['p99_ms']:.1f}x" if floor else "-"
@@ -207,7 +220,7 @@ def report(
         print(
             f"| `{r['endpoint']}` | {r['clients']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
             f"{r['rps']:.0f} | {r['errors']} | {r['server_cpu_ms_per_req']:.2f} | "
-            f"{r['postgres_cpu_ms_per_req']:.2f} | {p99_ratio} | {cpu_ratio} |"
+            f"{r['postgres_cpu_ms_per_req']:.2f} | {r['connections_opened']} | {p99_ratio} | {cpu_ratio} |"
         )
     endpoint, clients, limit = GOAL
     for r in results:
@@ -298,17 +311,20 @@ def main() -> None:
         for label, target in endpoints.items():
             for clients in (int(c) for c in args.clients.split(",")):
                 cpu_before, pg_before = group_cpu_seconds(server.pid), postgres_cpu_seconds(name)
+                sessions_before = postgres_sessions(args.pg_admin_url, name)
                 r = run_wrk(target, key, clients, args.duration, args.wrk_threads)
                 requests = max(r["requests"], 1)
                 r["server_cpu_ms_per_req"] = 1000 * (group_cpu_seconds(server.pid) - cpu_before) / requests
                 r["postgres_cpu_ms_per_req"] = 1000 * (postgres_cpu_seconds(name) - pg_before) / requests
+                r["connections_opened"] = postgres_sessions(args.pg_admin_url, name) - sessions_before
                 r["load_1min"] = os.getloadavg()[0]
                 results.append({"endpoint": label, "clients": clients, **r})
                 print(
                     f"{label:28s} c={clients:<4d} p50={r['p50_ms']:7.1f} ms  p99={r['p99_ms']:7.1f} ms  "
                     f"{r['rps']:8.1f} req/s  errors={r['errors']}  "
                     f"CPU/req server {r['server_cpu_ms_per_req']:.2f} ms, postgres "
-                    f"{r['postgres_cpu_ms_per_req']:.2f} ms  (load {r['load_1min']:.2f})",
+                    f"{r['postgres_cpu_ms_per_req']:.2f} ms  connections opened {r['connections_opened']}  "
+                    f"(load {r['load_1min']:.2f})",
                     flush=True,
                 )
         load_after = os.getloadavg()
