@@ -1,6 +1,7 @@
 """Worker metrics: the endpoint a worker serves (runs by status from a real PostgreSQL, queue depths
-from a real Redis), what a run's progress exports, and a pool child's values reaching the endpoint
-of its parent through the multiprocess files."""
+from a real Redis), what a run's progress exports, a pool child's values reaching the endpoint of
+its parent through the multiprocess files, and the issue's must-show: after a quick testbed run
+through `mbpo api --workers 2` and `mbpo worker`, both endpoints show the requests and the run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,10 +18,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.auth.service import create_api_key
 from infra.jobs import TaskName, get_celery
+from infra.runs.repository import ExecutionRepository
 from infra.settings import Settings
 from mbpo_core.pipeline.stages import StageProgress
 from tests.helpers import rows, services
+from tests.helpers import runs as rh
 from worker import metrics
 from worker.metrics import RunExport, serve_metrics
 
@@ -188,3 +193,109 @@ def test_a_pool_childs_metrics_reach_the_parents_endpoint(settings: Settings) ->
     assert values[("mbpo_train_tokens_total", ())] == 1000
     assert values[("mbpo_mining_attack_success_rate", ())] == 0.25
     assert ("mbpo_runs", (("status", "queued"),)) in values
+
+
+def test_after_a_run_both_endpoints_show_requests_run_and_training(
+    committed_db: str, pg_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    services.require_redis()
+    testbed = rh.quick_testbed()
+    (tmp_path / "roots").mkdir()
+    prefix = services.broker_prefix()
+    port, worker_port = services.free_port(), services.free_port()
+    env = services.service_env(
+        DATABASE_URL=committed_db,
+        BROKER_URL=services.REDIS_URL,
+        MBPO_BROKER_KEY_PREFIX=prefix,
+        MBPO_HOME=str(tmp_path / "home"),
+        MBPO_DATA_ROOTS=f"{tmp_path / 'roots'}:{testbed}",
+        MBPO_ENV="test",
+        MBPO_WORKER_METRICS_PORT=str(worker_port),
+        OMP_NUM_THREADS="2",
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # Two API processes and a prefork worker: every value below crossed a process boundary.
+    api = services.start_mbpo(["api", "--port", str(port), "--workers", "2"], env, tmp_path / "api.log")
+    worker = services.start_mbpo(
+        ["worker", "--queues", "cpu,gpu", "--concurrency", "2"], env, tmp_path / "worker.log"
+    )
+    try:
+        services.wait_for(
+            lambda: "ready." in (tmp_path / "worker.log").read_text(errors="replace"),
+            timeout=90,
+            what="worker",
+        )
+        with pg_factory.begin() as session:
+            _, key = create_api_key(session, user_name="metrics", key_name="metrics", admin=False)
+        url = f"http://127.0.0.1:{port}"
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+        def api_up() -> bool:
+            try:
+                return client.get("/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        services.wait_for(api_up, timeout=90, what="mbpo api")
+        model = client.post("/v1/models", json={"name": "testbed", "path": str(testbed / "base_model")})
+        assert model.status_code == 201, model.text
+        ids = {}
+        for split, n in {"offline": 40, "online": 32, "pope_random": 16}.items():
+            path = rh.write_subset(testbed, split, tmp_path / "roots" / split, n)
+            created = client.post("/v1/datasets", json={"name": split, "path": str(path)})
+            assert created.status_code == 201, created.text
+            ids[split] = created.json()["id"]
+        for dataset_id in ids.values():
+            services.wait_for(
+                lambda d=dataset_id: client.get(f"/v1/datasets/{d}").json()["status"] == "ready",
+                timeout=120,
+                what="dataset ready",
+            )
+        body = {
+            "name": "metrics",
+            "base_model_id": model.json()["id"],
+            "offline_dataset_id": ids["offline"],
+            "online_dataset_id": ids["online"],
+            "eval_dataset_ids": [ids["pope_random"]],
+            "config": rh.quick_config(),
+        }
+        created = client.post("/v1/runs", json=body)
+        assert created.status_code == 201, created.text
+        run = created.json()
+        assert client.get("/v1/runs/run_nosuchrun").status_code == 404
+        assert rh.wait_status(client, run["id"], {"succeeded", "failed"})["status"] == "succeeded"
+
+        with pg_factory() as session:
+            succeeded = ExecutionRepository(session).runs_by_status()["succeeded"]  # this module's runs
+
+        # The run gauges are cached for 5 s and both API processes answer scrapes: wait for the count.
+        def scrapes() -> tuple[Any, Any] | None:
+            api_values = samples(httpx.get(f"{url}/metrics", timeout=10).text)
+            worker_values = samples(httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=10).text)
+            done = ("mbpo_runs", (("status", "succeeded"),))
+            counts = (api_values.get(done), worker_values.get(done))
+            return (api_values, worker_values) if counts == (succeeded, succeeded) else None
+
+        api_values, worker_values = services.wait_for(scrapes, timeout=30, what="run gauges")
+    finally:
+        services.stop_process_group(worker)
+        services.stop_process_group(api)
+        services.delete_redis_prefix(prefix)
+    polled = (
+        "mbpo_http_requests_total",
+        (("method", "GET"), ("route", "/v1/runs/{run_id}"), ("status", "200")),
+    )
+    assert api_values[polled] >= 1
+    missing = (
+        "mbpo_http_requests_total",
+        (("method", "GET"), ("route", "/v1/runs/{run_id}"), ("status", "404")),
+    )
+    assert api_values[missing] == 1
+    created = (("method", "POST"), ("route", "/v1/runs"), ("status_class", "2xx"))
+    assert api_values[("mbpo_http_request_duration_seconds_count", created)] == 1
+    assert api_values[("mbpo_queue_depth", (("queue", "gpu"),))] == 0
+    # quick_config trains 3 steps: the first sets the mark, two are timed.
+    assert worker_values[("mbpo_train_step_seconds_count", ())] == 2
+    assert worker_values[("mbpo_train_tokens_total", ())] > 0
+    assert 0 <= worker_values[("mbpo_mining_attack_success_rate", ())] <= 1
+    assert worker_values[("mbpo_worker_memory_rss_bytes", ())] > 0
