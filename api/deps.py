@@ -83,6 +83,7 @@ def get_session(
 # 201 for something that then fails to commit, nor reads before the commit.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
+
 class Reader:
     """Read-only database work of a request, in one thread hop: `await read(work)` takes a
     database slot (api.limits), then runs `work(session)` in a worker thread with a fresh session,
