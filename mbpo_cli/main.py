@@ -4,6 +4,7 @@
 - `keys.py`:    keys create
 - `worker.py`:  worker (one Celery worker)
 - `testbed.py`: testbed build, eval
+- `benchmark.py`: eval benchmark (POPE, CHAIR, AMBER, MME from their local files)
 - `mine.py`:    mine
 - `train.py`:   train, run (the whole pipeline without the service)
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from mbpo_cli import keys, mine, serve, testbed, train, worker
+from mbpo_cli import benchmark, keys, mine, serve, testbed, train, worker
 
 app = typer.Typer(
     name="mbpo",
@@ -25,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for module in (serve, keys, worker, testbed, mine, train):
+for module in (serve, keys, worker, testbed, benchmark, mine, train):
     module.register(app)
 
 if __name__ == "__main__":

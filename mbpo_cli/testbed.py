@@ -284,18 +284,33 @@ def _print_report(report: dict[str, Any]) -> None:
     console.print(summary, soft_wrap=True)
 
 
+# `mbpo eval` scores manifests itself and holds subcommands (`mbpo eval benchmark`, mbpo_cli/benchmark.py).
+eval_app = typer.Typer(invoke_without_command=True, help="Score a model on manifests, or on a benchmark.")
+
+
+@eval_app.callback()
 def eval_command(
-    model: Path = typer.Option(..., "--model", help="Model directory (save_pretrained + processor files)."),
-    data: list[Path] = typer.Option(
-        ..., "--data", help="Manifest(s); the split name is the manifest's folder."
+    ctx: typer.Context,
+    model: Path | None = typer.Option(
+        None, "--model", help="Model directory (save_pretrained + processor files)."
     ),
-    out: Path = typer.Option(..., "--out", help="JSON file to write the metrics to."),
+    data: list[Path] | None = typer.Option(
+        None, "--data", help="Manifest(s); the split name is the manifest's folder."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="JSON file to write the metrics to."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Samples per split (yes/no balance kept)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     null_image: str = typer.Option("gray", "--null-image", help="IIG null image: gray, noise or blur."),
     threads: int = typer.Option(1, "--threads", help="CPU threads (1 is fastest on a shared machine)."),
 ) -> None:
-    """Score a model on manifests: POPE metrics for yes/no data, accuracy and mean IIG always."""
+    """Score a model on manifests: POPE metrics for yes/no data, accuracy and mean IIG always.
+    --model, --data and --out are required unless a subcommand follows."""
+    if ctx.invoked_subcommand is not None:
+        return
+    for value, flag in ((model, "--model"), (data, "--data"), (out, "--out")):
+        if not value:
+            raise typer.BadParameter("required", param_hint=flag)
+    assert model is not None and data is not None and out is not None
     import torch
 
     from mbpo_core.data.manifest import read_manifest
@@ -331,4 +346,4 @@ def register(app: typer.Typer) -> None:
     testbed = typer.Typer(help="The CPU-scale testbed: a small world where modality imbalance is real.")
     testbed.command("build")(build_command)
     app.add_typer(testbed, name="testbed")
-    app.command("eval")(eval_command)
+    app.add_typer(eval_app, name="eval")

@@ -1,0 +1,171 @@
+"""Answer a benchmark's items with a model, in batches that mix image sizes, and score the answers.
+
+The adapters take one (B, H, W, 3) pixel tensor per call (`VLMAdapter.generate`), so batching by the
+raw image size leaves MME-like sets (every image its own size) at batch size 1. Every family's
+`pixel_inputs` of a batch is the per-image outputs concatenated along dim 0 (LLaVA, Gemma 3,
+Idefics3/SmolVLM, LLaVA-OneVision: one row or block per image; Qwen: its patches and grid rows;
+InternVL: its tiles). So each image is preprocessed on its own, at its own size, exactly as batch
+size 1 would, and images whose model inputs have the same shape apart from dim 0 (the *processed*
+size: every image for Qwen, one per tile count for InternVL, ...) share a batch; each prompt gets
+its own image-token count. Results equal batch size 1 up to left padding (tested on the testbed).
+
+`evaluate_benchmark` is what a caller (the CLI, later the pipeline's evaluate stage) uses: items in,
+answers and metric tables out; `write_predictions` saves the answers as JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mbpo_core.evaluation.benchmarks import BENCHMARKS
+from mbpo_core.evaluation.benchmarks.common import Benchmark, BenchmarkItem, MetricTables
+from mbpo_core.models.base import VLMAdapter
+
+ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    answers: list[str]  # one per item, in item order
+    metrics: MetricTables
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """(1, H, W, 3) float in [0, 1]."""
+    with Image.open(path) as image:
+        array = np.array(image.convert("RGB"))  # a writable copy
+    return torch.from_numpy(array).float().div(255.0).unsqueeze(0)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header."""
+    with Image.open(path) as image:
+        width, height = image.size
+    return height, width
+
+
+class _Shapes:
+    """The model-input shapes (bar dim 0) an image of a raw size gets, cached per size."""
+
+    def __init__(self, adapter: VLMAdapter) -> None:
+        self.adapter = adapter
+        self.cache: dict[tuple[int, int], ShapeKey] = {}
+
+    def __call__(self, height: int, width: int) -> ShapeKey:
+        if (height, width) not in self.cache:
+            with torch.no_grad():
+                inputs = self.adapter.pixel_inputs(torch.zeros((1, height, width, 3)))
+            self.cache[(height, width)] = tuple(sorted((k, tuple(v.shape[1:])) for k, v in inputs.items()))
+        return self.cache[(height, width)]
+
+
+def size_batches(adapter: VLMAdapter, items: Sequence[BenchmarkItem], batch_size: int) -> list[list[int]]:
+    """Item indices in batches of at most `batch_size` whose model inputs can be concatenated."""
+    shapes = _Shapes(adapter)
+    groups: dict[ShapeKey, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(shapes(*image_size(item.image)), []).append(index)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
+@torch.no_grad()
+def generate_mixed(
+    adapter: VLMAdapter, images: Sequence[torch.Tensor], prompts: Sequence[str], *, max_new_tokens: int
+) -> list[str]:
+    """Greedy answers for images of different raw sizes in one batch, as `VLMAdapter.generate`
+    answers each alone. `images`: (1, H, W, 3) tensors whose model inputs share their shape bar dim 0."""
+    per_image = [adapter._model_pixel_inputs(image) for image in images]
+    pixel_kwargs = {key: torch.cat([inputs[key] for inputs in per_image]) for key in per_image[0]}
+    sequences = [
+        adapter.prompt_ids(prompt, int(image.shape[1]), int(image.shape[2]))
+        for prompt, image in zip(prompts, images, strict=True)
+    ]
+    input_ids, attention_mask = adapter._left_padded(sequences)
+    output = adapter.model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        **adapter.text_kwargs(input_ids),
+        **pixel_kwargs,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=adapter.tokenizer.pad_token_id,
+        eos_token_id=adapter.stop_token_ids,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
+    new_tokens = output[:, input_ids.shape[1] :]
+    return [
+        adapter.answer_text(t) for t in adapter.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    ]
+
+
+def resolve_benchmark(benchmark: str | Benchmark | ModuleType) -> Any:
+    if isinstance(benchmark, str):
+        if benchmark not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+        return BENCHMARKS[benchmark]
+    return benchmark
+
+
+def generate_answers(
+    adapter: VLMAdapter,
+    items: Sequence[BenchmarkItem],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
+    """One greedy answer per item, in item order."""
+    answers: list[str | None] = [None] * len(items)
+    for batch in size_batches(adapter, items, batch_size):
+        images = [load_image(items[i].image) for i in batch]
+        outputs = generate_mixed(
+            adapter, images, [items[i].prompt for i in batch], max_new_tokens=max_new_tokens
+        )
+        for i, answer in zip(batch, outputs, strict=True):
+            answers[i] = answer
+        if on_batch is not None:
+            on_batch(len(batch))
+    return [a if a is not None else "" for a in answers]
+
+
+def evaluate_benchmark(
+    adapter: VLMAdapter,
+    benchmark: str | Benchmark | ModuleType,
+    items: Sequence[BenchmarkItem],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> BenchmarkResult:
+    """Answers for `items` (from `benchmark.load`) and the benchmark's metric tables.
+    `max_new_tokens` defaults to the benchmark's own (`MAX_NEW_TOKENS`)."""
+    module = resolve_benchmark(benchmark)
+    answers = generate_answers(
+        adapter,
+        items,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens or module.MAX_NEW_TOKENS,
+        on_batch=on_batch,
+    )
+    return BenchmarkResult(answers=answers, metrics=module.score(items, answers))
+
+
+def write_predictions(path: Path, items: Sequence[BenchmarkItem], answers: Sequence[str]) -> None:
+    """One JSON object a line: id, image, prompt, answer and the item's meta (truth, split, ...)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for item, answer in zip(items, answers, strict=True):
+            record = {"id": item.id, "image": str(item.image), "prompt": item.prompt, "answer": answer}
+            record.update({k: v for k, v in item.meta.items() if k not in record})
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
