@@ -77,12 +77,12 @@ def size_batches(adapter: VLMAdapter, items: Sequence[BenchmarkItem], batch_size
     return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
-@torch.no_grad()
-def generate_mixed(
-    adapter: VLMAdapter, images: Sequence[torch.Tensor], prompts: Sequence[str], *, max_new_tokens: int
-) -> list[str]:
-    """Greedy answers for images of different raw sizes in one batch, as `VLMAdapter.generate`
-    answers each alone. `images`: (1, H, W, 3) tensors whose model inputs share their shape bar dim 0."""
+def mixed_inputs(
+    adapter: VLMAdapter, images: Sequence[torch.Tensor], prompts: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Model inputs (left-padded ids, attention mask, text and pixel kwargs) for images of different
+    raw sizes, each preprocessed alone as batch size 1 would. `images`: (1, H, W, 3) tensors whose
+    model inputs share their shape bar dim 0 (`size_batches`)."""
     per_image = [adapter._model_pixel_inputs(image) for image in images]
     pixel_kwargs = {key: torch.cat([inputs[key] for inputs in per_image]) for key in per_image[0]}
     sequences = [
@@ -90,11 +90,22 @@ def generate_mixed(
         for prompt, image in zip(prompts, images, strict=True)
     ]
     input_ids, attention_mask = adapter._left_padded(sequences)
-    output = adapter.model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
         **adapter.text_kwargs(input_ids),
         **pixel_kwargs,
+    }
+
+
+@torch.no_grad()
+def generate_mixed(
+    adapter: VLMAdapter, images: Sequence[torch.Tensor], prompts: Sequence[str], *, max_new_tokens: int
+) -> list[str]:
+    """Greedy answers for `mixed_inputs`, decoded as `VLMAdapter.generate` decodes them."""
+    inputs = mixed_inputs(adapter, images, prompts)
+    output = adapter.model.generate(
+        **inputs,
         max_new_tokens=max_new_tokens,
         pad_token_id=adapter.tokenizer.pad_token_id,
         eos_token_id=adapter.stop_token_ids,
@@ -103,7 +114,7 @@ def generate_mixed(
         top_p=None,
         top_k=None,
     )
-    new_tokens = output[:, input_ids.shape[1] :]
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return [
         adapter.answer_text(t) for t in adapter.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     ]

@@ -6,20 +6,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from mbpo_cli.main import app
 from mbpo_core.evaluation.benchmarks import pope
+from mbpo_core.evaluation.benchmarks.common import BenchmarkItem
 from mbpo_core.evaluation.benchmarks.runner import (
     evaluate_benchmark,
     generate_answers,
     image_size,
     load_image,
+    mixed_inputs,
     size_batches,
     write_predictions,
 )
+from mbpo_core.models import build
 from mbpo_core.models.loader import load_adapter
 
 # (width, height) the fixture's images are resized to, in turn: three raw sizes, three Qwen grids.
@@ -121,3 +126,45 @@ def test_cli_bad_data_names_the_file_and_line(quick_testbed: Path, tmp_path: Pat
     assert "line 3" in result.output and "coco_pope_random.json" in result.output
     result = CliRunner().invoke(app, [*args[:3], "nope", *args[4:], "--model", "m"])
     assert result.exit_code == 2 and "unknown benchmark" in result.output
+
+
+# ---- every family: mixed sizes in one call answer as each image alone ----------------------------
+
+WORDS = ["is", "there", "a", "red", "blue", "circle", "square", "in", "the", "image", "yes", "no"]
+
+
+@pytest.mark.parametrize("family", build.FAMILIES)
+def test_every_family_scores_mixed_sizes_as_batch_size_one(family: str, tmp_path: Path) -> None:
+    """The runner's premise: a family's model inputs for several images are the per-image inputs
+    concatenated along dim 0, each prompt with its own image tokens. Compared on the next-token
+    logits (tiny random models answer the same words whatever the image, the logits do differ), for
+    sizes within the tiny processors' range (56 px tiles, at most 112 px): several grids, tile
+    counts and aspect ratios; and the generated answers."""
+    torch.manual_seed(0)
+    processor = build.build_processor(family, WORDS, image_size=56, max_image_size=112)
+    build.build_model(family, processor, "tiny", seed=0).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    adapter = load_adapter(tmp_path)
+    rng = np.random.default_rng(0)
+    items = []
+    for i, (height, width) in enumerate([(56, 56), (112, 56), (56, 112), (84, 84), (112, 112), (56, 56)]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)).save(path)
+        items.append(BenchmarkItem(id=str(i), image=path, prompt="is there a red circle in the image"))
+    batches = size_batches(adapter, items, 8)
+    assert len(batches) < len({image_size(i.image) for i in items})  # sizes share batches
+    with torch.no_grad():
+        alone = []
+        for item in items:  # the adapter's own batch-size-1 path, as VLMAdapter.generate builds it
+            pixels = load_image(item.image)
+            ids, mask = adapter._left_padded([adapter.prompt_ids(item.prompt, *pixels.shape[1:3])])
+            inputs = {"input_ids": ids, "attention_mask": mask, **adapter.text_kwargs(ids)}
+            alone.append(adapter.model(**inputs, **adapter._model_pixel_inputs(pixels)).logits[0, -1])
+        for batch in batches:
+            images = [load_image(items[i].image) for i in batch]
+            logits = adapter.model(**mixed_inputs(adapter, images, [items[i].prompt for i in batch])).logits
+            for row, i in enumerate(batch):
+                torch.testing.assert_close(logits[row, -1], alone[i], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(alone[0], alone[5])  # same size, other pixels: the image matters
+    batched = generate_answers(adapter, items, batch_size=8, max_new_tokens=3)
+    assert batched == [adapter.generate(load_image(i.image), [i.prompt], max_new_tokens=3)[0] for i in items]
