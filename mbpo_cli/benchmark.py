@@ -42,7 +42,14 @@ def benchmark_command(
         ..., "--data", help="The benchmark's files: a question / query / annotation file or its folder."
     ),
     images: Path | None = typer.Option(None, "--images", help="Image directory (POPE, CHAIR, AMBER)."),
-    model: Path = typer.Option(..., "--model", help="Model directory (save_pretrained + processor files)."),
+    model: Path | None = typer.Option(
+        None, "--model", help="Model directory (save_pretrained + processor files)."
+    ),
+    captions: Path | None = typer.Option(
+        None,
+        "--captions",
+        help='CHAIR only: score these captions ([{"image_id", "caption"}]) instead of a model.',
+    ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N items."),
     out: Path | None = typer.Option(None, "--out", help="JSON-lines file for the answers (one per item)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
@@ -57,15 +64,23 @@ def benchmark_command(
         raise typer.BadParameter(
             f"unknown benchmark {name!r}; one of {', '.join(NAMES)}", param_hint="--name"
         )
-    from mbpo_core.evaluation.benchmarks import BENCHMARKS
+    if captions is not None and name != "chair":
+        raise typer.BadParameter("only CHAIR scores captions made elsewhere", param_hint="--captions")
+    if captions is None and model is None:
+        raise typer.BadParameter("required (or --captions for CHAIR)", param_hint="--model")
+    from mbpo_core.evaluation.benchmarks import BENCHMARKS, chair
     from mbpo_core.evaluation.benchmarks.common import BenchmarkDataError
 
     benchmark = BENCHMARKS[name]
     try:
+        if captions is not None:
+            _print_table(metrics_table(f"chair: {captions}", chair.score_captions(captions, data)))
+            return
         items = benchmark.load(data, images)
     except BenchmarkDataError as error:
         console.print(f"[bold red]{name}: {error}", soft_wrap=True)
         raise typer.Exit(code=2) from error
+    assert model is not None
     items = items[:limit] if limit is not None else items
 
     import torch

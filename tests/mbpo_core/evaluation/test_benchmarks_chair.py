@@ -113,3 +113,22 @@ def test_bad_files_name_the_entry(tmp_path: Path) -> None:
     with pytest.raises(BenchmarkDataError, match="category_id 99") as caught:
         chair.load(ann, tmp_path / "images")
     assert caught.value.path == instances and caught.value.entry == 4
+
+
+def test_cli_scores_captions_made_elsewhere(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mbpo_cli.main import app
+
+    ann = write_coco(tmp_path, with_captions=True)
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps([{"image_id": 1, "caption": "A dog and a cat."}]))
+    args = ["eval", "benchmark", "--name", "chair", "--data", str(ann), "--captions", str(captions)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "chair_s" in result.output and "0.500" in result.output  # chair_i: cat of dog, cat
+    captions.write_text(json.dumps([{"image_id": 7, "caption": "A dog."}]))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "image_id 7" in result.output and "entry 0" in result.output
+    result = CliRunner().invoke(app, ["eval", "benchmark", "--name", "pope", "--data", str(ann)])
+    assert result.exit_code == 2 and "--model" in result.output
