@@ -4,10 +4,11 @@ The adapters take one (B, H, W, 3) pixel tensor per call (`VLMAdapter.generate`)
 raw image size leaves MME-like sets (every image its own size) at batch size 1. Every family's
 `pixel_inputs` of a batch is the per-image outputs concatenated along dim 0 (LLaVA, Gemma 3,
 Idefics3/SmolVLM, LLaVA-OneVision: one row or block per image; Qwen: its patches and grid rows;
-InternVL: its tiles). So each image is preprocessed on its own, at its own size, exactly as batch
-size 1 would, and images whose model inputs have the same shape apart from dim 0 (the *processed*
-size: every image for Qwen, one per tile count for InternVL, ...) share a batch; each prompt gets
-its own image-token count. Results equal batch size 1 up to left padding (tested on the testbed).
+InternVL: its tiles). So each image is preprocessed once, on its own, at its own size, exactly as
+batch size 1 would, and images whose model inputs have the same shape apart from dim 0 (the
+*processed* size: every image for Qwen, one per tile count for InternVL, ...) share a batch; each
+prompt gets its own image-token count. Results equal batch size 1 up to left padding (tested for
+every family).
 
 `evaluate_benchmark` is what a caller (the CLI, later the pipeline's evaluate stage) uses: items in,
 answers and metric tables out; `write_predictions` saves the answers as JSON lines.
@@ -16,7 +17,7 @@ answers and metric tables out; `write_predictions` saves the answers as JSON lin
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -46,47 +47,59 @@ def load_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(array).float().div(255.0).unsqueeze(0)
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header."""
-    with Image.open(path) as image:
-        width, height = image.size
-    return height, width
+@dataclass(frozen=True)
+class Prepared:
+    """One image preprocessed alone for the model: its raw size and its model pixel inputs."""
+
+    height: int
+    width: int
+    inputs: dict[str, torch.Tensor]
+
+    @property
+    def key(self) -> ShapeKey:
+        """What must agree for images to share a batch: every input's shape bar dim 0."""
+        return tuple(sorted((k, tuple(v.shape[1:])) for k, v in self.inputs.items()))
 
 
-class _Shapes:
-    """The model-input shapes (bar dim 0) an image of a raw size gets, cached per size."""
-
-    def __init__(self, adapter: VLMAdapter) -> None:
-        self.adapter = adapter
-        self.cache: dict[tuple[int, int], ShapeKey] = {}
-
-    def __call__(self, height: int, width: int) -> ShapeKey:
-        if (height, width) not in self.cache:
-            with torch.no_grad():
-                inputs = self.adapter.pixel_inputs(torch.zeros((1, height, width, 3)))
-            self.cache[(height, width)] = tuple(sorted((k, tuple(v.shape[1:])) for k, v in inputs.items()))
-        return self.cache[(height, width)]
+@torch.no_grad()
+def prepare(adapter: VLMAdapter, pixels: torch.Tensor) -> Prepared:
+    """(1, H, W, 3) pixels -> `Prepared`, exactly as batch size 1 preprocesses them."""
+    return Prepared(int(pixels.shape[1]), int(pixels.shape[2]), adapter._model_pixel_inputs(pixels))
 
 
-def size_batches(adapter: VLMAdapter, items: Sequence[BenchmarkItem], batch_size: int) -> list[list[int]]:
-    """Item indices in batches of at most `batch_size` whose model inputs can be concatenated."""
-    shapes = _Shapes(adapter)
-    groups: dict[ShapeKey, list[int]] = {}
+def prepared_batches(
+    adapter: VLMAdapter, items: Sequence[BenchmarkItem], batch_size: int, window: int | None = None
+) -> Iterator[list[tuple[int, Prepared]]]:
+    """(item index, prepared image) in batches of at most `batch_size` whose inputs concatenate.
+
+    Each image is loaded and preprocessed once. Images wait in groups by `Prepared.key`; a full
+    group is a batch at once, and when more than `window` images wait (default 4 batches) the
+    largest group goes as it is, so memory stays bounded whatever the mix of sizes."""
+    window = window or 4 * batch_size
+    pending: dict[ShapeKey, list[tuple[int, Prepared]]] = {}
+    waiting = 0
     for index, item in enumerate(items):
-        groups.setdefault(shapes(*image_size(item.image)), []).append(index)
-    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+        prepared = prepare(adapter, load_image(item.image))
+        group = pending.setdefault(prepared.key, [])
+        group.append((index, prepared))
+        waiting += 1
+        if len(group) == batch_size or waiting > window:
+            key = prepared.key if len(group) == batch_size else max(pending, key=lambda k: len(pending[k]))
+            batch = pending.pop(key)
+            waiting -= len(batch)
+            yield batch
+    yield from pending.values()
 
 
 def mixed_inputs(
-    adapter: VLMAdapter, images: Sequence[torch.Tensor], prompts: Sequence[str]
+    adapter: VLMAdapter, images: Sequence[Prepared], prompts: Sequence[str]
 ) -> dict[str, torch.Tensor]:
     """Model inputs (left-padded ids, attention mask, text and pixel kwargs) for images of different
-    raw sizes, each preprocessed alone as batch size 1 would. `images`: (1, H, W, 3) tensors whose
-    model inputs share their shape bar dim 0 (`size_batches`)."""
-    per_image = [adapter._model_pixel_inputs(image) for image in images]
-    pixel_kwargs = {key: torch.cat([inputs[key] for inputs in per_image]) for key in per_image[0]}
+    raw sizes whose inputs share their shape bar dim 0: the pixel inputs concatenated, each prompt
+    with its own image's token count."""
+    pixel_kwargs = {key: torch.cat([image.inputs[key] for image in images]) for key in images[0].inputs}
     sequences = [
-        adapter.prompt_ids(prompt, int(image.shape[1]), int(image.shape[2]))
+        adapter.prompt_ids(prompt, image.height, image.width)
         for prompt, image in zip(prompts, images, strict=True)
     ]
     input_ids, attention_mask = adapter._left_padded(sequences)
@@ -100,7 +113,7 @@ def mixed_inputs(
 
 @torch.no_grad()
 def generate_mixed(
-    adapter: VLMAdapter, images: Sequence[torch.Tensor], prompts: Sequence[str], *, max_new_tokens: int
+    adapter: VLMAdapter, images: Sequence[Prepared], prompts: Sequence[str], *, max_new_tokens: int
 ) -> list[str]:
     """Greedy answers for `mixed_inputs`, decoded as `VLMAdapter.generate` decodes them."""
     inputs = mixed_inputs(adapter, images, prompts)
@@ -138,12 +151,15 @@ def generate_answers(
 ) -> list[str]:
     """One greedy answer per item, in item order."""
     answers: list[str | None] = [None] * len(items)
-    for batch in size_batches(adapter, items, batch_size):
-        images = [load_image(items[i].image) for i in batch]
+    for batch in prepared_batches(adapter, items, batch_size):
+        indices = [index for index, _ in batch]
         outputs = generate_mixed(
-            adapter, images, [items[i].prompt for i in batch], max_new_tokens=max_new_tokens
+            adapter,
+            [image for _, image in batch],
+            [items[i].prompt for i in indices],
+            max_new_tokens=max_new_tokens,
         )
-        for i, answer in zip(batch, outputs, strict=True):
+        for i, answer in zip(indices, outputs, strict=True):
             answers[i] = answer
         if on_batch is not None:
             on_batch(len(batch))

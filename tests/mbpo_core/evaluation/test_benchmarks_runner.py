@@ -18,14 +18,16 @@ from mbpo_core.evaluation.benchmarks.common import BenchmarkItem
 from mbpo_core.evaluation.benchmarks.runner import (
     evaluate_benchmark,
     generate_answers,
-    image_size,
     load_image,
     mixed_inputs,
-    size_batches,
+    prepare,
+    prepared_batches,
     write_predictions,
 )
 from mbpo_core.models import build
 from mbpo_core.models.loader import load_adapter
+
+pytestmark = pytest.mark.slow
 
 # (width, height) the fixture's images are resized to, in turn: three raw sizes, three Qwen grids.
 SIZES = [(112, 112), (140, 84), (84, 168)]
@@ -59,6 +61,29 @@ def pope_fixture(testbed: Path, out: Path, n_images: int = 6) -> tuple[Path, Pat
     return path, images
 
 
+class ShapeAdapter:
+    """Just what `prepared_batches` asks of an adapter: inputs whose shape follows the image height."""
+
+    def _model_pixel_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.zeros((1, int(pixels.shape[1])))}
+
+
+def test_prepared_batches_group_by_shape_within_a_bounded_window(tmp_path: Path) -> None:
+    items = []
+    for i, height in enumerate([4, 6, 4, 6, 8, 4, 8, 6, 4]):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (5, height)).save(path)
+        items.append(BenchmarkItem(id=str(i), image=path, prompt="q"))
+    batches = list(prepared_batches(ShapeAdapter(), items, batch_size=3, window=3))  # type: ignore[arg-type]
+    assert sorted(i for batch in batches for i, _ in batch) == list(range(len(items)))
+    for batch in batches:
+        assert 1 <= len(batch) <= 3 and len({image.key for _, image in batch}) == 1
+        assert all(image.height == Image.open(items[i].image).height for i, image in batch)
+    # 0 2 (height 4) and 1 (6) wait; 3 (6) makes 4 waiting > 3: the first largest group (0, 2) goes;
+    # 4 (8), 5 (4): (1, 3) goes; 6 (8), 7 (6): (4, 6) goes; 8 (4); the end: (5, 8), then (7)
+    assert [[i for i, _ in b] for b in batches] == [[0, 2], [1, 3], [4, 6], [5, 8], [7]]
+
+
 @pytest.fixture(scope="module")
 def adapter(quick_testbed: Path):  # type: ignore[no-untyped-def]
     return load_adapter(quick_testbed / "base_model")
@@ -69,9 +94,9 @@ def test_mixed_sizes_share_a_batch_and_answer_as_batch_size_one(
 ) -> None:  # type: ignore[no-untyped-def]
     data, images = pope_fixture(quick_testbed, tmp_path)
     items = pope.load(data, images)
-    assert len({image_size(item.image) for item in items}) == len(SIZES)
+    assert len({Image.open(item.image).size for item in items}) == len(SIZES)
     # Qwen2-VL's inputs concatenate whatever the size: one batch (grouping by raw size made three).
-    assert [len(b) for b in size_batches(adapter, items, 64)] == [len(items)]
+    assert [len(b) for b in prepared_batches(adapter, items, 64)] == [len(items)]
     batched = generate_answers(adapter, items, batch_size=64, max_new_tokens=4)
     alone = [adapter.generate(load_image(i.image), [i.prompt], max_new_tokens=4)[0] for i in items]
     assert batched == alone
@@ -151,8 +176,8 @@ def test_every_family_scores_mixed_sizes_as_batch_size_one(family: str, tmp_path
         path = tmp_path / f"{i}.png"
         Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)).save(path)
         items.append(BenchmarkItem(id=str(i), image=path, prompt="is there a red circle in the image"))
-    batches = size_batches(adapter, items, 8)
-    assert len(batches) < len({image_size(i.image) for i in items})  # sizes share batches
+    batches = [[index for index, _ in batch] for batch in prepared_batches(adapter, items, 8)]
+    assert len(batches) < len({Image.open(i.image).size for i in items})  # sizes share batches
     with torch.no_grad():
         alone = []
         for item in items:  # the adapter's own batch-size-1 path, as VLMAdapter.generate builds it
@@ -161,7 +186,7 @@ def test_every_family_scores_mixed_sizes_as_batch_size_one(family: str, tmp_path
             inputs = {"input_ids": ids, "attention_mask": mask, **adapter.text_kwargs(ids)}
             alone.append(adapter.model(**inputs, **adapter._model_pixel_inputs(pixels)).logits[0, -1])
         for batch in batches:
-            images = [load_image(items[i].image) for i in batch]
+            images = [prepare(adapter, load_image(items[i].image)) for i in batch]
             logits = adapter.model(**mixed_inputs(adapter, images, [items[i].prompt for i in batch])).logits
             for row, i in enumerate(batch):
                 torch.testing.assert_close(logits[row, -1], alone[i], atol=1e-4, rtol=1e-4)
