@@ -256,6 +256,10 @@ class Settings(BaseSettings):
     def datasets_dir(self) -> Path:
         return self.home_dir / "datasets"
 
+    def upload_source_dir(self, dataset_id: str) -> Path:
+        """Where an upload in another format than the manifest waits for its conversion."""
+        return self.datasets_dir / f"{dataset_id}.source"
+
     @property
     def resolved_data_roots(self) -> list[Path]:
         return [p.expanduser().resolve() for p in self.data_roots]

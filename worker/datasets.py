@@ -1,6 +1,8 @@
 """Dataset validation: every manifest line parsed, every image opened and checked, stats and
-thumbnails produced. Plain functions; the Celery task in worker.tasks is a thin shell over
-`run_dataset_validation`, and tests call these directly."""
+thumbnails produced; a dataset registered in another format (HF datasets, parquet, TRL, LLaVA) is
+first converted into a manifest + images in its storage directory (mbpo_core.data.formats).
+Plain functions; the Celery task in worker.tasks is a thin shell over `run_dataset_validation`, and
+tests call these directly."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from infra.db.base import utcnow
 from infra.db.lease import Lease, unclaimed
 from infra.db.models import Dataset, DatasetStatus
 from infra.settings import Settings
+from mbpo_core.data.formats import ConversionStopped, convert
 from mbpo_core.data.manifest import (
     ImageInfo,
     ManifestError,
@@ -178,7 +181,13 @@ def validate_dataset_files(
     if thumbnails_dir is not None:
         index = {s.id: out.thumbnails[s.image] for s in out.samples if s.image in out.thumbnails}
         (thumbnails_dir / "index.json").write_text(json.dumps(index))
-    task_counts = dict(Counter(s.task for s in out.samples))
+    stats: dict[str, Any] = {"tasks": _task_stats(out.samples), "images": _image_stats(out.images)}
+    if thumbnails_dir is not None:
+        stats["thumbnails"] = len(out.thumbnails)
+    return _result(out, stats)
+
+
+def _result(out: _Collector, stats: dict[str, Any]) -> ValidationResult:
     error_count = sum(out.error_counts.values())
     report = {
         "lines": out.lines,
@@ -188,16 +197,59 @@ def validate_dataset_files(
         "errors": out.errors,
         "errors_truncated": error_count > len(out.errors),
     }
-    stats: dict[str, Any] = {"tasks": _task_stats(out.samples), "images": _image_stats(out.images)}
-    if thumbnails_dir is not None:
-        stats["thumbnails"] = len(out.thumbnails)
     return ValidationResult(
         valid=error_count == 0,
         num_samples=len(out.samples),
-        task_counts=task_counts,
+        task_counts=dict(Counter(s.task for s in out.samples)),
         stats=stats,
         report=report,
     )
+
+
+def import_dataset_files(
+    source: Path,
+    root: Path,
+    format: str,
+    limits: ImageLimits,
+    *,
+    columns: dict[str, str] | None = None,
+    staging: Path,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> ValidationResult | None:
+    """Convert the dataset at `source` into a manifest + images at `root` (built in `staging`, then
+    renamed into place). Returns None when it converted cleanly (validate `root` next), else the
+    invalid result whose report names the source rows; then nothing is left at `root` or `staging`.
+    In the report of an imported dataset, `line` is the row number in the source."""
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        conversion = convert(
+            source,
+            staging,
+            format=format,
+            columns=columns,
+            max_pixels=limits.max_pixels,
+            max_bytes=limits.max_bytes,
+            should_stop=should_stop,
+        )
+    except ConversionStopped as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise LeaseLost() from exc
+    except ManifestError as exc:  # the source is no dataset (any more): a report, not a crash
+        shutil.rmtree(staging, ignore_errors=True)
+        out = _Collector()
+        out.error(exc)
+        return _result(out, {})
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if conversion.errors:
+        shutil.rmtree(staging, ignore_errors=True)
+        out = _Collector(lines=conversion.rows)
+        for error in conversion.errors:
+            out.error(error)
+        return _result(out, {"converted_from": conversion.format})
+    staging.rename(root)
+    return None
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -223,22 +275,37 @@ def run_dataset_validation(
         dataset = session.get(Dataset, dataset_id)
         assert dataset is not None  # the claim just matched it
         root, manifest = Path(dataset.root_path), Path(dataset.root_path) / dataset.manifest_name
+        to_import = None if dataset.format == "manifest" else (dataset.format, dataset.import_path)
+        columns, uploaded = dataset.import_columns, dataset.source == "upload"
     final_thumbs = thumbnails_dir_for(settings, dataset_id)
     staging = final_thumbs.with_name(f".{dataset_id}.{owner.replace(':', '_')}")
     shutil.rmtree(staging, ignore_errors=True)
     limits = ImageLimits(max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
     try:
         with lease.keep_alive() as lost:
-            result = validate_dataset_files(
-                root,
-                manifest,
-                limits,
-                thumbnails_dir=staging,
-                thumbnail_size=settings.thumbnail_size,
-                should_stop=lost.is_set,
-            )
+            result = None
+            if to_import is not None and not manifest.is_file():
+                result = import_dataset_files(
+                    Path(to_import[1] or ""),
+                    root,
+                    to_import[0],
+                    limits,
+                    columns=columns,
+                    staging=root.with_name(f".import-{dataset_id}.{owner.replace(':', '_')}"),
+                    should_stop=lost.is_set,
+                )
+            if result is None:
+                result = validate_dataset_files(
+                    root,
+                    manifest,
+                    limits,
+                    thumbnails_dir=staging,
+                    thumbnail_size=settings.thumbnail_size,
+                    should_stop=lost.is_set,
+                )
         shutil.rmtree(final_thumbs, ignore_errors=True)
-        staging.rename(final_thumbs)
+        if staging.exists():  # not when a conversion was refused before validating
+            staging.rename(final_thumbs)
     except LeaseLost:
         shutil.rmtree(staging, ignore_errors=True)
         log.warning("dataset %s: lease lost, leaving it to the new owner", dataset_id)
@@ -253,6 +320,8 @@ def run_dataset_validation(
             error_message=f"{type(exc).__name__}: {exc}",
             validated_at=utcnow(),
         )
+        if uploaded and to_import is not None:
+            shutil.rmtree(settings.upload_source_dir(dataset_id), ignore_errors=True)
         return DatasetStatus.failed
     status = DatasetStatus.ready if result.valid else DatasetStatus.invalid
     written = lease.finish(
@@ -268,6 +337,9 @@ def run_dataset_validation(
     if not written:
         log.warning("dataset %s: lease expired before the result was written", dataset_id)
         return None
+    if uploaded and to_import is not None:
+        # The upload in its own format is converted (or refused): the dataset is `root` from now on.
+        shutil.rmtree(settings.upload_source_dir(dataset_id), ignore_errors=True)
     log.info("dataset %s: %s (%d samples)", dataset_id, status, result.num_samples)
     return status
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -12,7 +13,14 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from api.datasets import service
-from api.datasets.schemas import DatasetDetail, DatasetFromPath, DatasetRead
+from api.datasets.schemas import (
+    COLUMNS_DESCRIPTION,
+    FORMAT_DESCRIPTION,
+    DatasetDetail,
+    DatasetFormat,
+    DatasetFromPath,
+    DatasetRead,
+)
 from api.deps import JobQueueDep, PrincipalDep, ReaderDep, SessionDep, SettingsDep
 from api.errors import Unprocessable, UnsupportedMediaType, error_responses
 from api.pagination import Page, decode_cursor, encode_cursor
@@ -33,18 +41,60 @@ _CREATE_BODIES: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["name", "manifest", "images"],
+                    "required": ["name"],
                     "additionalProperties": False,
+                    "description": "Either manifest + images, or archive.",
                     "properties": {
                         "name": {"type": "string", "minLength": 1, "maxLength": 200},
                         "manifest": {"type": "string", "format": "binary", "description": "JSONL manifest"},
                         "images": {"type": "string", "format": "binary", "description": "zip of the images"},
+                        "archive": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "zip of a dataset directory in any format (instead of manifest "
+                            "+ images)",
+                        },
+                        "format": {
+                            "type": "string",
+                            "enum": list(get_args(DatasetFormat)),
+                            "default": "auto",
+                            "description": FORMAT_DESCRIPTION,
+                        },
+                        "columns": {
+                            "type": "string",
+                            "description": "JSON object: " + COLUMNS_DESCRIPTION,
+                        },
                     },
                 }
             },
         },
     }
 }
+
+
+def _import_options(form: Any) -> tuple[str, dict[str, str] | None]:
+    """The `format` and `columns` text fields of a multipart upload, checked as the JSON body's."""
+    raw: dict[str, Any] = {"name": "x", "path": "x"}
+    for key in ("format", "columns"):
+        value = form.get(key)
+        if value is not None and not isinstance(value, str):
+            raise Unprocessable(f"multipart field {key!r} must be text", code="validation_error", field=key)
+        if value is not None:
+            check_text(value, key)
+            raw[key] = value
+    if "columns" in raw:
+        try:
+            raw["columns"] = json.loads(raw["columns"])
+        except ValueError as exc:
+            raise Unprocessable(
+                "columns must be a JSON object", code="validation_error", field="columns"
+            ) from exc
+    try:
+        body = DatasetFromPath.model_validate(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from exc
+    return body.format, {str(k): v for k, v in body.columns.items()} if body.columns else None
 
 
 def _file_field(form: Any, name: str, *, required: bool) -> UploadFile | None:
@@ -68,13 +118,14 @@ def _file_field(form: Any, name: str, *, required: bool) -> UploadFile | None:
 async def create_dataset(
     request: Request, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, jobs: JobQueueDep
 ) -> DatasetDetail:
-    """Register a dataset from a server path (JSON) or upload one (multipart: manifest + images zip).
+    """Register a dataset from a server path (JSON) or upload one (multipart: manifest + images zip,
+    or a zip of the dataset directory as `archive`). Formats: docs/api.md, "Dataset formats".
 
     The dataset starts `validating`; a worker moves it to `ready` or `invalid` (see its report)."""
     content_type = request.headers.get("content-type", "")
     dataset: Dataset
     if content_type.startswith("multipart/form-data"):
-        form = await read_form(request, settings.max_upload_bytes, max_files=2, max_fields=3)
+        form = await read_form(request, settings.max_upload_bytes, max_files=3, max_fields=3)
         try:
             name = form.get("name")
             if not isinstance(name, str):
@@ -82,6 +133,34 @@ async def create_dataset(
                     "multipart field 'name' is required", code="validation_error", field="name"
                 )
             check_text(name, "name")
+            format, columns = _import_options(form)
+            archive = _file_field(form, "archive", required=False)
+            if archive is not None:
+                for other in ("manifest", "images"):
+                    if form.get(other) is not None:
+                        raise Unprocessable(
+                            f"send either archive or manifest + images, not both ({other!r} given)",
+                            code="validation_error",
+                            field=other,
+                        )
+                dataset = await run_in_threadpool(
+                    service.create_from_archive,
+                    session,
+                    jobs,
+                    settings,
+                    principal,
+                    name=name,
+                    archive=archive.file,
+                    format=format,
+                    columns=columns,
+                )
+                return DatasetDetail.from_row(dataset)
+            if format not in ("auto", "manifest"):
+                raise Unprocessable(
+                    f"format {format!r} is uploaded as an archive (zip of the dataset directory)",
+                    code="validation_error",
+                    field="archive",
+                )
             manifest = _file_field(form, "manifest", required=True)
             images = _file_field(form, "images", required=True)
             assert manifest is not None
@@ -107,7 +186,7 @@ async def create_dataset(
         dataset = await run_in_threadpool(service.create_from_path, session, jobs, settings, principal, body)
     else:
         raise UnsupportedMediaType(
-            "send application/json ({name, path}) or multipart/form-data (name, manifest, images)"
+            "send application/json ({name, path}) or multipart/form-data (name, manifest, images | archive)"
         )
     return DatasetDetail.from_row(dataset)
 

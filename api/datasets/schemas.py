@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from infra.db.models import DatasetStatus
+
+DatasetFormat = Literal["auto", "manifest", "hf_disk", "parquet", "trl", "llava"]
+ColumnName = Literal["id", "image", "question", "answer", "task", "choices"]  # formats.COLUMNS
+Columns = dict[ColumnName, Annotated[str, StringConstraints(min_length=1, max_length=200)]]
+FORMAT_DESCRIPTION = (
+    "Format of the files (docs/api.md, 'Dataset formats'): manifest, hf_disk (datasets "
+    "save_to_disk), parquet, trl (TRL conversational: messages, prompt-completion or preference), "
+    "llava (LLaVA JSON); auto detects it. Other formats than manifest are converted into a manifest "
+    "+ PNG images by the validation job."
+)
+COLUMNS_DESCRIPTION = 'hf_disk / parquet: the source column of a manifest field, e.g. {"question": "query"}.'
 
 
 class DatasetFromPath(BaseModel):
@@ -19,8 +30,10 @@ class DatasetFromPath(BaseModel):
     path: str = Field(
         min_length=1,
         description="Absolute server path: a directory holding manifest.jsonl, or a .jsonl manifest "
-        "whose image paths are relative to its directory.",
+        "whose image paths are relative to its directory; or a dataset in another `format`.",
     )
+    format: DatasetFormat = Field("auto", description=FORMAT_DESCRIPTION)
+    columns: Columns | None = Field(None, description=COLUMNS_DESCRIPTION)
 
 
 class ErrorInfo(BaseModel):
@@ -35,6 +48,7 @@ class DatasetRead(BaseModel):
     name: str
     status: DatasetStatus
     source: Literal["upload", "path"]
+    format: str = Field(description="The format it was registered in (manifest unless converted).")
     num_samples: int | None
     task_counts: dict[str, int] | None
     stats: dict[str, Any] | None

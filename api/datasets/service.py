@@ -3,6 +3,10 @@
 Creation writes the row in `validating` and enqueues the validation job; the session dependency
 commits, then sends the job (ids only). Upload files are staged and moved into place atomically;
 if anything fails, the staged files are removed and nothing is half-written.
+
+A dataset in another format than the manifest (mbpo_core.data.formats) is only recognised here, from
+its file names and schema; the validation job converts it into a manifest + images under
+MBPO_HOME/datasets/<id>/ (an upload waits in Settings.upload_source_dir until then).
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ from infra.db.base import new_id
 from infra.db.models import Dataset, DatasetStatus
 from infra.jobs import JobQueue, TaskName
 from infra.settings import Settings
+from mbpo_core.data.formats import Source, detect_format
 from mbpo_core.data.manifest import ManifestError, ManifestSample, iter_manifest, resolve_image_path
+
+
+def _detect(path: Path, format: str, *, path_field: str) -> Source:
+    try:
+        return detect_format(path, format)
+    except ManifestError as exc:
+        field = path_field if exc.field == "path" else exc.field
+        raise Unprocessable(exc.message, code=exc.code, field=field) from exc
 
 
 def _manifest_location(resolved: Path) -> tuple[Path, str]:
@@ -44,17 +57,24 @@ def _manifest_location(resolved: Path) -> tuple[Path, str]:
 def create_from_path(
     session: Session, jobs: JobQueue, settings: Settings, principal: Principal, body: DatasetFromPath
 ) -> Dataset:
-    root, manifest_name = _manifest_location(resolve_allowed_path(body.path, settings))
-    dataset = DatasetRepository(session).add(
-        Dataset(
+    resolved = resolve_allowed_path(body.path, settings)
+    source = _detect(resolved, body.format, path_field="path")
+    if source.format == "manifest":
+        root, manifest_name = _manifest_location(source.path)
+        dataset = Dataset(owner_id=principal.user_id, root_path=str(root), manifest_name=manifest_name)
+    else:
+        dataset_id = new_id("ds")
+        dataset = Dataset(
+            id=dataset_id,
             owner_id=principal.user_id,
-            name=body.name,
-            source="path",
-            root_path=str(root),
-            manifest_name=manifest_name,
-            status=DatasetStatus.validating,
+            root_path=str(settings.datasets_dir / dataset_id),
+            manifest_name=storage.MANIFEST_NAME,
+            format=source.format,
+            import_path=str(source.path),
+            import_columns=body.columns,
         )
-    )
+    dataset.name, dataset.source, dataset.status = body.name, "path", DatasetStatus.validating
+    DatasetRepository(session).add(dataset)
     jobs.enqueue(TaskName.validate_dataset, dataset.id)
     return dataset
 
@@ -69,9 +89,7 @@ def create_from_upload(
     manifest: BinaryIO,
     images: BinaryIO | None,
 ) -> Dataset:
-    name = name.strip()
-    if not 1 <= len(name) <= 200:
-        raise Unprocessable("name must be 1 to 200 characters", code="validation_error", field="name")
+    name = _checked_name(name)
     dataset_id = new_id("ds")
     final_dir = settings.datasets_dir / dataset_id
     staging = settings.datasets_dir / f".staging-{dataset_id}"
@@ -106,6 +124,80 @@ def create_from_upload(
             source="upload",
             root_path=str(final_dir),
             manifest_name=storage.MANIFEST_NAME,
+            status=DatasetStatus.validating,
+        )
+    )
+    jobs.enqueue(TaskName.validate_dataset, dataset.id)
+    return dataset
+
+
+def _checked_name(name: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= 200:
+        raise Unprocessable("name must be 1 to 200 characters", code="validation_error", field="name")
+    return name
+
+
+def _archive_root(staging: Path) -> Path:
+    """The dataset directory of an extracted archive: a zip of a folder holds that one folder."""
+    entries = [p for p in staging.iterdir() if p.name != "__MACOSX"]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
+
+
+def create_from_archive(
+    session: Session,
+    jobs: JobQueue,
+    settings: Settings,
+    principal: Principal,
+    *,
+    name: str,
+    archive: BinaryIO,
+    format: str,
+    columns: dict[str, str] | None,
+) -> Dataset:
+    """An upload of a whole dataset directory as a zip, in any format (detected unless given)."""
+    name = _checked_name(name)
+    dataset_id = new_id("ds")
+    final_dir = settings.datasets_dir / dataset_id
+    staging = settings.datasets_dir / f".staging-{dataset_id}"
+    staging.mkdir(parents=True)
+    try:
+        storage.extract_zip(
+            archive,
+            staging,
+            max_total_bytes=settings.max_extracted_bytes,
+            max_entries=settings.max_zip_entries,
+            max_ratio=settings.max_zip_ratio,
+            field="archive",
+        )
+        source = _detect(_archive_root(staging), format, path_field="archive")
+        if source.format == "manifest":
+            root, manifest_name = _manifest_location(source.path)
+            relative = root.relative_to(staging)
+            os.rename(staging, final_dir)
+            root = final_dir / relative
+            import_path = None
+        else:
+            manifest_name = storage.MANIFEST_NAME
+            source_dir = settings.upload_source_dir(dataset_id)
+            os.rename(staging, source_dir)
+            root, import_path = final_dir, str(source_dir / source.path.relative_to(staging))
+    except BaseException:
+        storage.remove_tree(staging)
+        raise
+    jobs.on_rollback(lambda: storage.remove_tree(final_dir))
+    jobs.on_rollback(lambda: storage.remove_tree(settings.upload_source_dir(dataset_id)))
+    dataset = DatasetRepository(session).add(
+        Dataset(
+            id=dataset_id,
+            owner_id=principal.user_id,
+            name=name,
+            source="upload",
+            root_path=str(root),
+            manifest_name=manifest_name,
+            format=source.format,
+            import_path=import_path,
+            import_columns=columns if import_path else None,
             status=DatasetStatus.validating,
         )
     )

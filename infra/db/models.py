@@ -107,6 +107,11 @@ class Dataset(TimestampMixin, LeaseMixin, Base):
     source: Mapped[str] = mapped_column(String(20))  # "upload" | "path"
     root_path: Mapped[str] = mapped_column(Text)
     manifest_name: Mapped[str] = mapped_column(String(255))
+    # How it came in (mbpo_core.data.formats.FORMATS). Anything but "manifest" is converted by the
+    # validation job from `import_path` into a manifest + images under `root_path`.
+    format: Mapped[str] = mapped_column(String(20), default="manifest", server_default="manifest")
+    import_path: Mapped[str | None] = mapped_column(Text)
+    import_columns: Mapped[dict[str, str] | None] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(20), default=DatasetStatus.validating)
     num_samples: Mapped[int | None] = mapped_column(Integer)
     task_counts: Mapped[dict[str, int] | None] = mapped_column(JSONType)
