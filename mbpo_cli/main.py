@@ -7,6 +7,7 @@
 - `benchmark.py`: eval benchmark (POPE, CHAIR, AMBER, MME from their local files)
 - `mine.py`:    mine
 - `train.py`:   train, run (the whole pipeline without the service)
+- `data.py`:    data convert, data export-pairs
 
 The commands call functions of `api`, `worker`, `infra` and `mbpo_core`; they hold no logic of
 their own beyond parsing flags and printing. Heavy imports (torch, the web app) happen inside the
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import typer
 
-from mbpo_cli import benchmark, keys, mine, serve, testbed, train, worker
+from mbpo_cli import benchmark, data, keys, mine, serve, testbed, train, worker
 
 app = typer.Typer(
     name="mbpo",
@@ -26,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for module in (serve, keys, worker, testbed, benchmark, mine, train):
+for module in (serve, keys, worker, testbed, benchmark, mine, train, data):
     module.register(app)
 
 if __name__ == "__main__":

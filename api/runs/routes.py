@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import WithJsonSchema
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.background import BackgroundTask
 
 from api.deps import JobQueueDep, PrincipalDep, SessionDep, SettingsDep, get_session_factory
 from api.errors import error_responses
@@ -195,6 +198,43 @@ def list_negatives(
         session, settings, principal, run_id, cursor, limit
     )
     return NegativePage(data=data, total=total, next_cursor=next_cursor, summary=summary)
+
+
+@router.get(
+    "/{run_id}/negatives/export",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {"application/vnd.apache.parquet": {}},
+            "description": "TRL preference dataset: prompt, images, chosen, rejected (docs/api.md)",
+        },
+        **error_responses(404),
+    },
+)
+def export_negatives(
+    run_id: RunId,
+    session: SessionDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    format: Annotated[Literal["parquet"], Query(description="the file format")] = "parquet",
+) -> FileResponse:
+    """The mined pairs as a TRL-ready preference dataset (parquet: conversational `prompt` with an
+    image placeholder, `images` with the clean image's bytes embedded, `chosen`, `rejected`); loads
+    with `datasets.load_dataset("parquet", data_files=...)` and trains `trl.DPOTrainer`."""
+    handle, name = tempfile.mkstemp(suffix=".parquet", prefix="negatives-")
+    os.close(handle)
+    out = Path(name)
+    try:
+        service.export_negatives(session, settings, principal, run_id, out)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return FileResponse(
+        out,
+        media_type="application/vnd.apache.parquet",
+        filename=f"{run_id}-pairs.parquet",
+        background=BackgroundTask(out.unlink, missing_ok=True),
+    )
 
 
 @router.get("/{run_id}/artefacts", response_model=list[ArtefactRead], responses=error_responses(404))

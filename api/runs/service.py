@@ -32,6 +32,7 @@ from infra.events.store import append_event, event_payload, events_after
 from infra.jobs import JobQueue, TaskName
 from infra.runs.lifecycle import ACTIVE, RESUMABLE, TERMINAL, RunStatus, transition
 from infra.settings import Settings
+from mbpo_core.data.formats import pairs_to_preference_parquet
 from mbpo_core.data.pairs import read_pairs
 from mbpo_core.data.verifiers import CLOSED_TASKS
 
@@ -340,6 +341,19 @@ def list_negatives(
         )
     next_cursor = _encode_offset(offset + limit) if offset + limit < len(pairs) else None
     return page, len(pairs), next_cursor, summary
+
+
+def export_negatives(
+    session: Session, settings: Settings, principal: Principal, run_id: str, out: Path
+) -> int:
+    """Write the run's mined pairs to `out` as a TRL preference parquet (mbpo_core.data.formats);
+    returns the number of pairs. 404 until mining has stored its pairs."""
+    get_run(session, principal, run_id)
+    artefact = RunRepository(session).artefact_of_kind(run_id, "mined_pairs")
+    path = storage_path(settings, artefact.path) if artefact is not None else None
+    if path is None or not path.is_file():
+        raise NotFound(f"run {run_id} has no mined pairs yet")
+    return pairs_to_preference_parquet(path, out)
 
 
 def list_checkpoints(session: Session, principal: Principal, run_id: str) -> Sequence[Checkpoint]:

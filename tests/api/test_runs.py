@@ -550,3 +550,49 @@ def test_events_with_non_finite_metrics_are_stored_as_valid_json(
         )
     events = client.get(f"/v1/runs/{run_id}/events", headers=alice.headers).json()["data"]
     assert events[0]["data"] == {"metrics": {"kl": None, "loss": 0.5}}
+
+
+def test_negatives_export_is_a_trl_preference_parquet(
+    client: TestClient,
+    alice: KeyFor,
+    bob: KeyFor,
+    refs: dict[str, str],
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    run_id = _run(session_factory, alice, refs, status=RunStatus.succeeded)
+    export = f"/v1/runs/{run_id}/negatives/export"
+    missing = client.get(export, headers=alice.headers)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    mining = settings.home_dir / "runs" / run_id / "mining"
+    (mining / "clean").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(mining / "clean" / "a.png")
+    pair = {
+        "id": "s1",
+        "image": "clean/a.png",
+        "perturbed_image": "perturbed/a.png",
+        "question": "Is there a cat?",
+        "task": "yes_no",
+        "chosen": "yes",
+        "rejected": "no",
+    }
+    (mining / "pairs.jsonl").write_text(json.dumps(pair) + "\n")
+    with session_factory.begin() as session:
+        session.add(Artefact(run_id=run_id, kind="mined_pairs", path=f"runs/{run_id}/mining/pairs.jsonl"))
+    resp = client.get(export, params={"format": "parquet"}, headers=alice.headers)
+    assert resp.status_code == 200, resp.text
+    assert f'filename="{run_id}-pairs.parquet"' in resp.headers["content-disposition"]
+    (tmp_path / "p.parquet").write_bytes(resp.content)
+    (row,) = pq.read_table(tmp_path / "p.parquet").to_pylist()
+    assert row["prompt"][0]["content"][0]["type"] == "image"
+    assert row["prompt"][0]["content"][1]["text"] == "Is there a cat?"
+    assert (
+        row["chosen"][0]["content"][0]["text"] == "yes" and row["rejected"][0]["content"][0]["text"] == "no"
+    )
+    assert row["images"][0]["bytes"] == (mining / "clean" / "a.png").read_bytes()
+    assert client.get(export, headers=bob.headers).status_code == 404
+    assert client.get(export, params={"format": "csv"}, headers=alice.headers).status_code == 422
