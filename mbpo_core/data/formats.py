@@ -383,7 +383,16 @@ def _trl_fields(values: dict[str, Any], row: _Row) -> dict[str, Any]:
     else:
         raise _error("missing_field", "a TRL row needs 'messages' or 'prompt'", row, "messages")
     image = _one_image(_images_of(values, row), placeholders, row)
-    return {"id": values.get("id"), "question": question, "answer": answer, "image": image, **extra}
+    # Optional `task` / `choices` columns next to the TRL ones are kept (a choice needs its options).
+    return {
+        "id": values.get("id"),
+        "question": question,
+        "answer": answer,
+        "image": image,
+        "task": values.get("task"),
+        "choices": values.get("choices"),
+        **extra,
+    }
 
 
 def _llava_fields(values: dict[str, Any], row: _Row) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def headers(pg_factory: sessionmaker[Session]) -> dict[str, str]:
 def trl_rows(root: Path, *, bad_row: bool = False) -> list[dict[str, Any]]:
     """The manifest samples of tests.helpers.datasets as TRL `messages` rows with `images`."""
     ds.write_images(root)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for sample in ds.good_samples():
         question = sample["question"]
         if sample.get("choices"):
