@@ -289,7 +289,7 @@ class _Exploit:
 def test_a_pickle_message_is_refused_and_nothing_runs(
     client: httpx.Client, refs: dict[str, str], stack: rh.Stack, tmp_path: Path
 ) -> None:
-    from kombu import Connection, Exchange
+    from kombu import Connection, Exchange, Queue
 
     marker = tmp_path / "unpickled"
     payload = pickle.dumps(([_Exploit(marker)], {}, {}))
@@ -302,7 +302,8 @@ def test_a_pickle_message_is_refused_and_nothing_runs(
             content_type="application/x-python-serialize",
             content_encoding="binary",
             headers={"lang": "py", "task": "mbpo.runs.execute", "id": str(uuid.uuid4()), "argsrepr": "()"},
-            declare=[],
+            # The broker restart drill emptied Redis, bindings included: declare the route again.
+            declare=[Queue("gpu", Exchange("gpu", type="direct"), routing_key="gpu")],
         )
     services.wait_for(
         lambda: "untrusted content" in stack.worker_logs() or None, timeout=30, what="the refusal in the log"
