@@ -20,13 +20,13 @@ from api.inference.chat.routes import router as chat_router
 from api.inference.models import ResolvedModels
 from api.inference.spotchecks.routes import router as spot_checks_router
 from api.keys.routes import router as keys_router
-from api.limits import slot_count
+from api.limits import read_slot_count, slot_count
 from api.metrics import mount_metrics
 from api.models.routes import router as models_router
 from api.rate_limits import RateLimiter
 from api.runs.routes import router as runs_router
 from api.text_input import refuse_unstorable_text
-from infra.db.session import get_session_factory
+from infra.db.session import get_session_factory, make_read_session_factory
 from infra.settings import Settings, get_settings
 
 API_VERSION = "0.1.0"
@@ -51,11 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = get_session_factory(
         settings.sqlalchemy_url, settings.db_pool_size, settings.db_max_overflow
     )
+    app.state.read_session_factory = make_read_session_factory(app.state.session_factory.kw["bind"])
     register_error_handlers(app)
     document_errors(app)
     app.add_middleware(JsonBodyLimit, settings=settings)
     # Fewer request sessions than pooled connections (see api.limits).
     app.state.db_slot_count = slot_count(settings.db_pool_size)
+    app.state.read_slot_count = read_slot_count(settings.db_read_concurrency)
 
     app.include_router(health_router)
     # Authentication on the routers: no /v1 route can forget it; then text the database can store.

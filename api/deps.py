@@ -25,7 +25,7 @@ from api.auth.sessions import (
     session_principal,
 )
 from api.errors import Forbidden, Unauthorized
-from api.limits import database_slot, database_slots
+from api.limits import database_slot, read_slots
 from infra.jobs import JobQueue, get_celery
 from infra.settings import Settings
 
@@ -86,9 +86,9 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 class Reader:
     """Read-only database work of a request, in one thread hop: `await read(work)` takes a
-    database slot (api.limits), then runs `work(session)` in a worker thread with a fresh session,
-    and closes it (rolled back: nothing a reader does is committed) before returning what `work`
-    returned. Build the response inside `work`, while the session is open.
+    read slot (api.limits), then runs `work(session)` in a worker thread with a fresh autocommit
+    session (infra.db.session.make_read_session_factory: no BEGIN or ROLLBACK round trips; never
+    write with it), and closes it before returning what `work` returned. Build the response inside `work`, while the session is open.
 
     A read route is `async def` and awaits its reader, instead of a sync route on `SessionDep`: that
     costs four thread hops (session setup, endpoint, response validation, session teardown) and
@@ -108,10 +108,15 @@ class Reader:
             return work(session)
 
 
+async def get_read_session_factory(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.read_session_factory
+    return factory
+
+
 async def get_reader(
-    request: Request, factory: Annotated[sessionmaker[Session], Depends(get_session_factory)]
+    request: Request, factory: Annotated[sessionmaker[Session], Depends(get_read_session_factory)]
 ) -> Reader:
-    return Reader(factory, database_slots(request))
+    return Reader(factory, read_slots(request))
 
 
 ReaderDep = Annotated[Reader, Depends(get_reader)]

@@ -77,6 +77,15 @@ class Settings(BaseSettings):
         description="Database connections kept per process; an API process runs pool - 1 request "
         "sessions at once.",
     )
+    db_read_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Read units (one-hop reads: dataset, run and event pages) run at once per API "
+        "process. Unset: the CPU count + 1. Reads are short and mostly Python work while the database "
+        "is local; more of them at once only queue on the interpreter lock (measured: 2 cores, 50 "
+        "clients, p99 40 ms at 3, about 100 ms at 4 and more). Raise it for a remote database whose "
+        "round trip dominates.",
+    )
     db_max_overflow: int = Field(
         10,
         ge=0,

@@ -5,7 +5,8 @@ seconds. A long job must not lose its attempt to that: each of its database writ
 transaction, so it can simply be run again once the database answers. `ride_out(work)` retries
 `work` on connection errors with exponential backoff for up to `budget_s` seconds, then raises
 `DatabaseUnavailable`. Errors that are not about the connection (a constraint, a bug) are raised
-at once. The engine's `pool_pre_ping` replaces the dead pooled connections on the next try.
+at once. The first connection error invalidates the engine's pool, so the next try connects afresh
+(infra.db.session).
 
 A retried write whose commit reached the server but whose acknowledgement was lost would be
 written twice; PostgreSQL only drops connections between statements on a restart (fast shutdown

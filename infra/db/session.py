@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from typing import Any
 
 from pydantic_core import from_json
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -17,6 +19,39 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+# A pooled connection unused for longer than this is pinged before it is handed out (a restarted
+# server leaves the pool full of dead ones). A connection in steady use is not: the ping is a round
+# trip, and under load it was one of the four a one-row read paid (ping, BEGIN, SELECT, ROLLBACK).
+# One that died within the window fails its statement once; the dialect then invalidates the whole
+# pool, and callers that retry (infra.db.outage, the API's 503 + Retry-After) get fresh connections.
+PING_AFTER_IDLE_S = 1.0
+_RETURNED_AT = "mbpo_returned_at"
+
+
+def _record_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_RETURNED_AT] = time.monotonic()
+
+
+def _ping_if_idle(
+    dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    returned_at = record.info.get(_RETURNED_AT)
+    if returned_at is None or time.monotonic() - returned_at < PING_AFTER_IDLE_S:
+        return  # new (just connected) or in steady use
+    try:
+        _ping(dbapi_connection)
+    except Exception as error:
+        # The pool discards this connection and checks out (or opens) another.
+        raise exc.DisconnectionError(str(error)) from error
+
+
+def _ping(dbapi_connection: Any) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    if not dbapi_connection.autocommit:
+        dbapi_connection.rollback()
 
 
 DEFAULT_POOL_SIZE = 20
@@ -38,9 +73,10 @@ def make_engine(
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, json_deserializer=from_json
-    )
+    engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, json_deserializer=from_json)
+    event.listen(engine, "checkin", _record_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
 
 
 @lru_cache(maxsize=8)
@@ -53,6 +89,16 @@ def get_engine(
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: objects stay readable after the commit (responses, enqueued ids).
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+def make_read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for read-only work: each statement runs in autocommit, so a read costs its queries'
+    round trips and nothing else (no BEGIN, no ROLLBACK when the session closes). Each statement
+    sees its own snapshot, as under the default READ COMMITTED; nothing written through such a
+    session is ever committed as a unit, so never write with one."""
+    return sessionmaker(
+        bind=engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False, autoflush=False
+    )
 
 
 @lru_cache(maxsize=8)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.auth.service import create_api_key
-from api.deps import get_session_factory
+from api.deps import get_read_session_factory, get_session_factory
 from infra.db.session import make_engine
 from infra.settings import Settings
 from tests.helpers import services
@@ -77,6 +77,7 @@ def session_factory(connection: Connection) -> sessionmaker[Session]:
 def app(settings: Settings, session_factory: sessionmaker[Session]) -> FastAPI:
     application = create_app(settings)
     application.dependency_overrides[get_session_factory] = lambda: session_factory
+    application.dependency_overrides[get_read_session_factory] = lambda: session_factory
     return application
 
 

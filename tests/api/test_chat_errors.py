@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
-from api.deps import get_session_factory
+from api.deps import get_read_session_factory, get_session_factory
 from api.errors import AppError
 from api.inference.images import load_image_url
 from infra.db.models import BaseModelRecord
@@ -179,6 +179,7 @@ def image_server() -> Iterator[str]:
 def _client(settings: Settings, factory: sessionmaker[Session]) -> TestClient:
     app = create_app(settings)
     app.dependency_overrides[get_session_factory] = lambda: factory
+    app.dependency_overrides[get_read_session_factory] = lambda: factory
     return TestClient(app)
 
 

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
-from api.deps import get_session_factory
+from api.deps import get_read_session_factory, get_session_factory
 from infra.jobs import TaskName, get_celery
 from infra.settings import Settings
 from tests.api.conftest import KeyFor
@@ -76,6 +76,7 @@ def test_metrics_show_runs_by_status_and_queue_depth(client: TestClient, setting
 def test_metrics_can_be_turned_off(settings: Settings, session_factory: sessionmaker[Session]) -> None:
     app = create_app(settings.model_copy(update={"metrics_enabled": False}))
     app.dependency_overrides[get_session_factory] = lambda: session_factory
+    app.dependency_overrides[get_read_session_factory] = lambda: session_factory
     with TestClient(app) as client:
         assert client.get("/metrics").status_code == 404
         assert client.get("/healthz").status_code == 200

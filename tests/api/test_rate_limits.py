@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
-from api.deps import get_session_factory
+from api.deps import get_read_session_factory, get_session_factory
 from api.errors import TooManyRequests
 from api.rate_limits import LimitKind, LocalWindows, RateLimiter, RedisWindows
 from infra.db.models import BaseModelRecord, Dataset
@@ -47,6 +47,7 @@ def make_client(
     def make(**changes: Any) -> TestClient:
         app = create_app(limited_settings.model_copy(update=changes))
         app.dependency_overrides[get_session_factory] = lambda: session_factory
+        app.dependency_overrides[get_read_session_factory] = lambda: session_factory
         clients.append(TestClient(app).__enter__())
         return clients[-1]
 
