@@ -110,6 +110,7 @@ def run_pipeline(
         "base": evaluation["base"],
         "aligned": evaluation["aligned"],
         "delta": evaluation["delta"],
+        "significance": evaluation["significance"],
         "attack": evaluation.get("attack", {}),
         "mining": results["mining"],
         "training": results["training"],

@@ -32,7 +32,7 @@ import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -514,11 +514,14 @@ def evaluate(
     report: Reporter | None = None,
     should_stop: ShouldStop | None = None,
 ) -> dict[str, Any]:
-    """Base and aligned model on every eval split, side by side. Each (model, split) result is
-    cached in eval/<model>/<split>.json, so a resumed run (or a second evaluation) skips it."""
+    """Base and aligned model on every eval split, side by side, and whether each change is
+    significant (`significance`: paired bootstrap intervals and McNemar, mbpo_core.evaluation.stats).
+    Each (model, split) result is cached in eval/<model>/<split>.json with its answers in
+    <split>.samples.json, so a resumed run (or a second evaluation) skips it."""
     if (cached := finished_result(layout, "evaluating")) is not None:
         return cached
-    from mbpo_core.evaluation.evaluate import balanced_subset, evaluate_manifest
+    from mbpo_core.evaluation.evaluate import SampleResult, balanced_subset, evaluate_manifest
+    from mbpo_core.evaluation.stats import compare_split
 
     models = {BASE: inputs.model_dir, ALIGNED: layout.final_model_dir}
     if not (layout.final_model_dir / "config.json").is_file():
@@ -531,11 +534,14 @@ def evaluate(
     progress = _Progress("evaluating", report, should_stop)
     done = 0
     scores: dict[str, dict[str, dict[str, float]]] = {BASE: {}, ALIGNED: {}}
+    answers: dict[str, dict[str, list[SampleResult]]] = {BASE: {}, ALIGNED: {}}
     for which, model_dir in models.items():
         for split, manifest in inputs.eval_manifests.items():
             cache = layout.eval_dir / which / f"{split}.json"
-            if cache.is_file():
+            samples = layout.eval_dir / which / f"{split}.samples.json"
+            if cache.is_file() and samples.is_file():
                 scores[which][split] = json.loads(cache.read_text())
+                answers[which][split] = [SampleResult(**row) for row in json.loads(samples.read_text())]
                 done += sizes[split]
                 progress(done, total, f"{which}:{split}")
                 continue
@@ -556,12 +562,18 @@ def evaluate(
                 on_batch=on_batch,
             )
             scores[which][split] = evaluation.metrics
+            answers[which][split] = evaluation.results
+            layout.write_json(samples, [asdict(r) for r in evaluation.results])
             layout.write_json(cache, evaluation.metrics)
         release_models()  # one model in memory at a time
     result: dict[str, Any] = {
         BASE: scores[BASE],
         ALIGNED: scores[ALIGNED],
         "delta": metric_deltas(scores[BASE], scores[ALIGNED]),
+        "significance": {
+            split: compare_split(answers[BASE][split], answers[ALIGNED][split], seed=config.seed)
+            for split in inputs.eval_manifests
+        },
     }
     if config.eval.attack_eval and inputs.eval_manifests:
         result["attack"] = {

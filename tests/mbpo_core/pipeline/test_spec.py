@@ -52,9 +52,18 @@ def test_pipeline_writes_a_report_on_every_eval_split(tiny_model_dir, tiny_data,
     )
     report = json.loads(run_pipeline(spec).read_text())
     assert set(report["base"]) == set(report["aligned"]) == set(report["delta"]) == {"tiny_a", "tiny_b"}
+    # Every change carries its paired interval; the point estimate is the plain delta.
+    card = report["significance"]["tiny_a"]
+    assert card["n"] == report["base"]["tiny_a"]["n"]
+    accuracy = card["intervals"]["accuracy"]
+    assert accuracy["delta"] == pytest.approx(report["delta"]["tiny_a"]["accuracy"])
+    assert accuracy["low"] <= accuracy["delta"] <= accuracy["high"]
+    assert accuracy["significant"] == (accuracy["low"] > 0 or accuracy["high"] < 0)
+    assert set(card["mcnemar"]) == {"base_only", "aligned_only", "p_value"}
     assert report["training"]["steps"] == 2
     assert "attack_success_rate" in report["mining"]
     assert (tmp_path / "run" / "training" / "model" / "config.json").is_file()
     # A second run of the same spec finds every stage finished and rewrites the same report.
     again = json.loads(run_pipeline(spec).read_text())
     assert again["aligned"] == report["aligned"]
+    assert again["significance"] == report["significance"]
