@@ -32,7 +32,7 @@ RESAMPLES = 2000
 # Metrics compared with an interval. Yes/no metrics only where every question of the split is
 # yes/no (as in split_metrics); accuracy and mean IIG everywhere.
 YES_NO_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio", "false_yes_rate")
-ALL_METRICS = ("accuracy", "iig_mean")
+ALL_METRICS = ("accuracy", "iig_mean", "unparsable_rate")
 _CHUNK = 256  # resamples per matrix product (bounds memory to CHUNK x questions)
 
 
@@ -76,13 +76,14 @@ class _Table:
 
     correct: np.ndarray  # float 0/1
     iig: np.ndarray
+    unparsable: np.ndarray  # float 0/1
     yes: np.ndarray  # answered "yes" (yes/no questions)
     positive: np.ndarray  # the truth is "yes"
     yes_no: bool  # every question is yes/no
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return (*YES_NO_METRICS, "iig_mean") if self.yes_no else ALL_METRICS
+        return (*YES_NO_METRICS, "iig_mean", "unparsable_rate") if self.yes_no else ALL_METRICS
 
 
 def _table(results: Sequence[Outcome]) -> _Table:
@@ -92,6 +93,7 @@ def _table(results: Sequence[Outcome]) -> _Table:
     return _Table(
         correct=np.array([float(r.correct) for r in results]),
         iig=np.array([float(r.iig) for r in results]),
+        unparsable=np.array([float(r.parsed is None) for r in results]),
         yes=np.array([float(yes_no and r.parsed == "yes") for r in results]),
         positive=np.array([float(yes_no and parse_answer("yes_no", r.answer) == "yes") for r in results]),
         yes_no=yes_no,
@@ -108,7 +110,11 @@ def _weighted_metrics(weights: np.ndarray, t: _Table) -> dict[str, np.ndarray]:
     """Each metric for every row of `weights` (resample counts per question), as split_metrics
     and pope_metrics define them."""
     n = weights.sum(axis=1).astype(float)
-    out = {"accuracy": _div(weights @ t.correct, n), "iig_mean": _div(weights @ t.iig, n)}
+    out = {
+        "accuracy": _div(weights @ t.correct, n),
+        "iig_mean": _div(weights @ t.iig, n),
+        "unparsable_rate": _div(weights @ t.unparsable, n),
+    }
     if t.yes_no:
         tp = weights @ (t.yes * t.positive)
         fp = weights @ (t.yes * (1 - t.positive))
@@ -198,7 +204,9 @@ def pooled_intervals(
 
 
 def _take(t: _Table, order: np.ndarray) -> _Table:
-    return _Table(t.correct[order], t.iig[order], t.yes[order], t.positive[order], t.yes_no)
+    return _Table(
+        t.correct[order], t.iig[order], t.unparsable[order], t.yes[order], t.positive[order], t.yes_no
+    )
 
 
 def _zip_metrics(

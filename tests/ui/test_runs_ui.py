@@ -141,6 +141,26 @@ def test_run_pages_at_both_widths(finished_run: dict[str, Any], open_tab: Callab
         splits = page.locator("#score-table td.mono").all_inner_texts()
         assert any("pope_random" in s for s in splits) and any("pope_adversarial" in s for s in splits)
         assert page.locator("#score-chart svg rect").count() >= 4
+        # Every change shows its interval, and only a significant one is coloured.
+        scores = page.request.get(f"/v1/runs/{run_id}").json()["scores"]
+        shown = 0
+        for split, card in scores["significance"].items():
+            for metric, interval in card["intervals"].items():
+                row = page.locator(f'#score-table tr[data-split="{split}"][data-metric="{metric}"]')
+                if row.count() == 0:
+                    continue  # a metric the table does not list (false_yes_rate)
+                shown += 1
+                cell = row.locator("td.num").last
+                text, classes = cell.inner_text(), cell.get_attribute("class") or ""
+                assert "[" in text and "]" in text, text
+                coloured = "delta-up" in classes or "delta-down" in classes
+                if interval["significant"]:
+                    assert "no significant change" not in text
+                else:
+                    assert not coloured and "no significant change" in text, (split, metric, text, classes)
+            split_cell = page.locator(f'#score-table tr[data-split="{split}"] td.mono')
+            assert "McNemar p = " in split_cell.inner_text()
+        assert shown >= 8
         tab.assert_fits()
         tab.screenshot("scorecard")
         _no_problems(tab)

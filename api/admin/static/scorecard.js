@@ -17,16 +17,31 @@
     return ia - ib || (a < b ? -1 : a > b ? 1 : 0);
   }
 
-  function deltaCell(b, a, higherIsBetter) {
+  function signed(v) { return (v > 0 ? "+" : "") + M.num(v, 3); }
+
+  /* aligned - base with its paired 95% interval (significance, mbpo_core/evaluation/stats.py).
+     Coloured only when the interval excludes 0; otherwise "no significant change". */
+  function deltaCell(b, a, higherIsBetter, interval) {
     if (!M.isNum(b) || !M.isNum(a)) return el("td", { class: "num muted", text: "–" });
     var d = a - b;
+    if (!interval) {
+      return el("td", { class: "num muted", title: "no interval recorded for this run", text: signed(d) });
+    }
+    var range = "[" + signed(interval.low) + ", " + signed(interval.high) + "]";
     var cls = "num";
-    if (higherIsBetter !== null && Math.abs(d) > 1e-9) cls += (d > 0) === higherIsBetter ? " delta-up" : " delta-down";
-    return el("td", { class: cls, text: (d > 0 ? "+" : "") + M.num(d, 3) });
+    var verdict;
+    if (!interval.significant) {
+      cls += " muted";
+      verdict = el("div", { class: "small", text: "no significant change" });
+    } else if (higherIsBetter !== null) {
+      cls += (d > 0) === higherIsBetter ? " delta-up" : " delta-down";
+    }
+    return el("td", { class: cls, title: Math.round((interval.level || 0.95) * 100) + "% paired bootstrap interval " + range },
+      signed(d), el("div", { class: "small muted mono", text: range }), verdict || null);
   }
 
   function render(scores) {
-    var base = scores.base || {}, aligned = scores.aligned || {};
+    var base = scores.base || {}, aligned = scores.aligned || {}, significance = scores.significance || {};
     var splits = Object.keys(base).concat(Object.keys(aligned).filter(function (s) { return !(s in base); })).sort(splitOrder);
     var wrap = M.clear(document.getElementById("score-table-wrap"));
     var chart = M.clear(document.getElementById("score-chart"));
@@ -41,18 +56,26 @@
       el("th", { class: "num", text: "Aligned" }), el("th", { class: "num", text: "Δ" }));
     var tbody = el("tbody");
     splits.forEach(function (split) {
-      var b = base[split] || {}, a = aligned[split] || {};
+      var b = base[split] || {}, a = aligned[split] || {}, sig = significance[split] || {};
+      var intervals = sig.intervals || {};
+      var test = sig.mcnemar;
       var rows = used.filter(function (m) { return M.isNum(b[m[0]]) || M.isNum(a[m[0]]); });
       rows.forEach(function (m, i) {
-        tbody.appendChild(el("tr", {},
-          i === 0 ? el("td", { rowspan: String(rows.length), class: "mono" }, split, M.isNum(b.n) ? el("div", { class: "muted small", text: "n = " + b.n }) : null) : null,
+        tbody.appendChild(el("tr", { "data-split": split, "data-metric": m[0] },
+          i === 0 ? el("td", { rowspan: String(rows.length), class: "mono" }, split,
+            M.isNum(b.n) ? el("div", { class: "muted small", text: "n = " + b.n }) : null,
+            test ? el("div", { class: "muted small", title: "McNemar's exact test on accuracy: questions only base / only aligned got right",
+              text: "McNemar p = " + M.num(test.p_value, 3) + " (" + test.base_only + " / " + test.aligned_only + ")" }) : null) : null,
           el("td", { text: m[1] }),
           el("td", { class: "num", text: M.num(b[m[0]], 3) }),
           el("td", { class: "num", text: M.num(a[m[0]], 3) }),
-          deltaCell(b[m[0]], a[m[0]], m[2])));
+          deltaCell(b[m[0]], a[m[0]], m[2], intervals[m[0]])));
       });
     });
     wrap.appendChild(el("table", { class: "table compact", id: "score-table" }, el("thead", {}, head), tbody));
+    wrap.appendChild(el("p", { class: "muted small", text: Object.keys(significance).length
+      ? "Δ = aligned − base on the same questions, with its 95% paired bootstrap interval (questions resampled; F1 and the other rates recomputed on each resample). A change is coloured only when its interval excludes 0."
+      : "This run recorded no intervals (it predates them): the changes are shown without a verdict." }));
 
     var main = used.some(function (m) { return m[0] === "f1"; }) ? "f1" : "accuracy";
     var label = main === "f1" ? "F1" : "Accuracy";

@@ -61,7 +61,16 @@ def test_point_estimates_are_the_metric_deltas() -> None:
     aligned = answers(truths, [t if rng.random() < 0.8 else rng.choice(["yes", "no"]) for t in truths])
     deltas = metric_deltas({"s": split_metrics(base)}, {"s": split_metrics(aligned)})["s"]
     intervals = paired_intervals(base, aligned, resamples=200)
-    assert set(intervals) == {"accuracy", "precision", "recall", "f1", "yes_ratio", "false_yes_rate", "iig_mean"}
+    assert set(intervals) == {
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "yes_ratio",
+        "false_yes_rate",
+        "iig_mean",
+        "unparsable_rate",
+    }
     for metric, interval in intervals.items():
         assert interval.delta == pytest.approx(deltas[metric]), metric
         assert interval.low <= interval.delta <= interval.high
@@ -72,7 +81,9 @@ def test_accuracy_interval_matches_the_normal_approximation() -> None:
     n, aligned_only, base_only = 400, 60, 20
     truths = ["yes"] * n
     base_said: list[str | None] = ["yes"] * base_only + ["no"] * aligned_only + ["yes"] * 160 + ["no"] * 160
-    aligned_said: list[str | None] = ["no"] * base_only + ["yes"] * aligned_only + ["yes"] * 160 + ["no"] * 160
+    aligned_said: list[str | None] = (
+        ["no"] * base_only + ["yes"] * aligned_only + ["yes"] * 160 + ["no"] * 160
+    )
     interval = paired_intervals(answers(truths, base_said), answers(truths, aligned_said), resamples=4000)[
         "accuracy"
     ]
@@ -113,16 +124,18 @@ def test_question_order_does_not_matter_but_the_questions_must_match() -> None:
     truths = ["yes", "no", "no", "yes"]
     base = answers(truths, ["yes", "yes", "no", "no"])
     aligned = answers(truths, ["yes", "no", "no", "yes"])
-    assert paired_intervals(base, list(reversed(aligned)), resamples=100)["accuracy"].delta == pytest.approx(0.5)
+    assert paired_intervals(base, list(reversed(aligned)), resamples=100)["accuracy"].delta == pytest.approx(
+        0.5
+    )
     with pytest.raises(ValueError, match="same questions"):
         paired_intervals(base, aligned[:3])
 
 
-def test_non_yes_no_splits_compare_accuracy_and_iig_only() -> None:
+def test_non_yes_no_splits_compare_accuracy_iig_and_parsing_only() -> None:
     base = [SampleResult(f"q{i}", "number", "1", "2", False, 1.0, 0.1) for i in range(10)]
     aligned = [SampleResult(f"q{i}", "number", "2", "2", True, 2.0, 0.3) for i in range(10)]
     card = compare_split(base, aligned, resamples=100)
-    assert set(card["intervals"]) == {"accuracy", "iig_mean"}
+    assert set(card["intervals"]) == {"accuracy", "iig_mean", "unparsable_rate"}
     assert card["intervals"]["accuracy"]["significant"] is True
     assert card["intervals"]["iig_mean"]["delta"] == pytest.approx(0.2)
     assert card["mcnemar"] == {"base_only": 0, "aligned_only": 10, "p_value": pytest.approx(2 / 1024)}
