@@ -53,8 +53,9 @@ class RunRead(BaseModel):
     error: ErrorInfo | None = None
     latest_metrics: dict[str, Any]
     scores: dict[str, Any] | None = Field(
-        None, description="Evaluation when done: `base` and `aligned` by split, their `delta`, and "
-        "`significance` (per split: 95% paired bootstrap interval of each delta, McNemar on accuracy)."
+        None,
+        description="Evaluation when done: `base` and `aligned` by split, their `delta`, and "
+        "`significance` (per split: 95% paired bootstrap interval of each delta, McNemar on accuracy).",
     )
     base_model_id: str
     offline_dataset_id: str | None
