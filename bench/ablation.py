@@ -16,10 +16,14 @@ pope_popular / pope_adversarial / vqa. Rows:
                   (mbpo_core.training.baselines)
     grpo_online   hybrid trainer with offline_fraction = 0 (plain online GRPO, verified rewards)
     offline_only  hybrid trainer with offline_fraction = 1 (mined pairs + G-2 samples, no online prompts)
-    mbpo          hybrid trainer, offline_fraction = 0.5
+    mbpo          hybrid trainer with the recipe's offline_fraction
 
-Results are appended to OUT/results.jsonl as they finish (a re-run skips finished (seed, row) cells);
-`--doc` writes the mean +- std table.
+Results are appended to OUT/results.jsonl as they finish (a re-run skips finished (seed, row) cells),
+every answer of a cell to OUT/seed-<seed>/<row>/answers/<split>.json. The report has two tables:
+each row's metrics (mean +- std over seeds), and the comparisons (`--compare`, default: every row
+against base, and mbpo against grpo_online) as the difference pooled over seeds with its 95%
+interval from a two-level bootstrap over seeds and questions (mbpo_core/evaluation/stats.py),
+"n.s." where the interval contains 0. `--doc` writes both into the markdown file's marker.
 """
 
 from __future__ import annotations
@@ -101,23 +105,39 @@ def train_hybrid(testbed: Path, work: Path, config: MBPOConfig, offline_fraction
 
 
 def evaluate(
-    model_dir: Path, testbed: Path, config: MBPOConfig, limit: int | None
+    model_dir: Path, testbed: Path, config: MBPOConfig, limit: int | None, answers_dir: Path
 ) -> dict[str, dict[str, float]]:
+    """Metrics per split; every answer saved to answers_dir/<split>.json (the paired comparisons)."""
+    from dataclasses import asdict
+
     from mbpo_core.evaluation.evaluate import evaluate_manifest
     from mbpo_core.models.loader import load_adapter
 
     adapter = load_adapter(model_dir)
-    return {
-        split: evaluate_manifest(
+    answers_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {}
+    for split in SPLITS:
+        evaluation = evaluate_manifest(
             adapter,
             manifest(testbed, split),
             limit=limit,
             seed=config.seed,
             batch_size=config.eval.batch_size,
             max_new_tokens=config.eval.max_new_tokens,
-        ).metrics
-        for split in SPLITS
-    }
+            null_image=config.iig.null_image,
+        )
+        (answers_dir / f"{split}.json").write_text(json.dumps([asdict(r) for r in evaluation.results]))
+        metrics[split] = evaluation.metrics
+    return metrics
+
+
+def load_answers(out: Path, seed: int, row: str, split: str) -> list[Any] | None:
+    from mbpo_core.evaluation.evaluate import SampleResult
+
+    path = out / f"seed-{seed}" / row / "answers" / f"{split}.json"
+    if not path.exists():
+        return None
+    return [SampleResult(**r) for r in json.loads(path.read_text())]
 
 
 def run_cell(row: str, seed: int, testbed: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -141,10 +161,10 @@ def run_cell(row: str, seed: int, testbed: Path, args: argparse.Namespace) -> di
             testbed / "base_model", manifest(testbed, "offline"), work / row, config, n_pairs=n_pairs
         )
     else:
-        fraction = {"grpo_online": 0.0, "offline_only": 1.0, "mbpo": 0.5}[row]
+        fraction = {"grpo_online": 0.0, "offline_only": 1.0, "mbpo": config.train.offline_fraction}[row]
         model_dir = train_hybrid(testbed, work / row, config, fraction, pairs)
     train_s = time.perf_counter() - start
-    metrics = evaluate(model_dir, testbed, config, args.eval_limit)
+    metrics = evaluate(model_dir, testbed, config, args.eval_limit, work / row / "answers")
     return {"seed": seed, "row": row, "train_s": train_s, "metrics": metrics}
 
 
@@ -186,6 +206,44 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_COMPARISONS = (
+    "sft-base",
+    "dpo_random-base",
+    "grpo_online-base",
+    "offline_only-base",
+    "mbpo-base",
+    "mbpo-grpo_online",
+)
+COMPARED = (("pope_adversarial", "f1"), ("pope_random", "f1"), ("pope_adversarial", "false_yes_rate"))
+
+
+def comparisons(out: Path, results: list[dict[str, Any]], pairs: list[str]) -> str:
+    """Markdown: for each `a-b` pair of rows, a - b on the COMPARED metrics pooled over the seeds
+    both rows finished, with the 95% two-level bootstrap interval (points of %)."""
+    from mbpo_core.evaluation.stats import pooled_intervals
+
+    header = ["comparison", "seeds"] + [f"{split} {metric}" for split, metric in COMPARED]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    finished = {(r["seed"], r["row"]) for r in results}
+    for pair in pairs:
+        a, b = pair.split("-", 1)
+        seeds = sorted(s for s, row in finished if row == a and (s, b) in finished)
+        if not seeds:
+            continue
+        cells = [f"{a} - {b}", str(len(seeds))]
+        for split, metric in COMPARED:
+            runs = [(load_answers(out, s, b, split), load_answers(out, s, a, split)) for s in seeds]
+            if any(x is None or y is None for x, y in runs):
+                cells.append("-")
+                continue
+            interval = pooled_intervals(runs, seed=0)[metric]  # type: ignore[arg-type]
+            verdict = "" if interval.significant else " n.s."
+            low, high = 100 * interval.low, 100 * interval.high
+            cells.append(f"{100 * interval.delta:+.1f} [{low:+.1f}, {high:+.1f}]{verdict}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -206,6 +264,12 @@ def main() -> None:
         "--steps", type=int, default=None, help="override train.max_steps of every trained row"
     )
     parser.add_argument("--eval-limit", type=int, default=None, help="samples per eval split (balanced)")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=list(DEFAULT_COMPARISONS),
+        help="row pairs a-b to report as paired differences with intervals",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
@@ -229,12 +293,13 @@ def main() -> None:
                 f.write(json.dumps(cell) + "\n")
             print(json.dumps({k: v for k, v in cell.items() if k != "metrics"}), flush=True)
     results = [r for r in load_results(results_path) if "metrics" in r]
-    print(table(results))
+    report = table(results) + "\n\n" + comparisons(args.out, results, args.compare)
+    print(report)
     if args.doc:
         marker = "<!-- ablation-table -->"
         text = args.doc.read_text()
         start, end = text.index(marker), text.index(marker, text.index(marker) + 1)
-        args.doc.write_text(text[: start + len(marker)] + "\n" + table(results) + "\n" + text[end:])
+        args.doc.write_text(text[: start + len(marker)] + "\n" + report + "\n" + text[end:])
 
 
 if __name__ == "__main__":
