@@ -96,7 +96,11 @@ class BaseModelRecord(Base):
 
 
 class Dataset(TimestampMixin, LeaseMixin, Base):
-    """A manifest plus its images, in `root_path` (uploads live under MBPO_HOME/datasets/<id>/)."""
+    """A manifest plus its images, in `root_path` (uploads live under MBPO_HOME/datasets/<id>/).
+
+    A benchmark (format "benchmark", evaluation only) is `benchmark`'s official files at `root_path`
+    (a file or a folder, as its loader takes them; `manifest_name` is empty) and its image folder
+    `images_path`; they stay where they are (mbpo_core.evaluation.benchmarks.dataset)."""
 
     __tablename__ = "datasets"
     __table_args__ = (Index(None, "owner_id", "id"), Index(None, "status"))
@@ -112,6 +116,8 @@ class Dataset(TimestampMixin, LeaseMixin, Base):
     format: Mapped[str] = mapped_column(String(20), default="manifest", server_default="manifest")
     import_path: Mapped[str | None] = mapped_column(Text)
     import_columns: Mapped[dict[str, str] | None] = mapped_column(JSONType)
+    benchmark: Mapped[str | None] = mapped_column(String(40))
+    images_path: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20), default=DatasetStatus.validating)
     num_samples: Mapped[int | None] = mapped_column(Integer)
     task_counts: Mapped[dict[str, int] | None] = mapped_column(JSONType)

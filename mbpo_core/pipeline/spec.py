@@ -1,10 +1,12 @@
 """`mbpo run`: validate -> score -> mine -> train -> evaluate on one machine, without the service.
 
 The run file (YAML) is a `RunSpec`: where the data and the model are, where the run goes, and the
-`MBPOConfig` it runs. Paths are relative to the run file. Instead of `model`/`pool`/`online`/`eval`,
-a spec may name a `testbed` to build (or reuse) under `out/testbed`, the CPU-scale world of
-docs/method.md (the testbed). The stages are the service's own (`mbpo_core.pipeline.stages.run_all`),
-so a local run and a service run write the same directory and resume the same way:
+`MBPOConfig` it runs. Paths are relative to the run file. An eval split is a manifest path or a
+benchmark from its official files (`{benchmark: pope, data: ..., images: ...}`, docs/benchmarks.md).
+Instead of `model`/`pool`/`online`/`eval`, a spec may name a `testbed` to build (or reuse) under
+`out/testbed`, the CPU-scale world of docs/method.md (the testbed). The stages are the service's
+own (`mbpo_core.pipeline.stages.run_all`), so a local run and a service run write the same
+directory and resume the same way:
 
     out/testbed/          (testbed specs only) datasets/<split>/manifest.jsonl, base_model/
     out/mining/           pairs.jsonl, perturbed/*.png, summary.json
@@ -22,9 +24,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mbpo_core.config import MBPOConfig, apply_overrides
+from mbpo_core.evaluation.benchmarks.dataset import BenchmarkSource, service_refusal
 from mbpo_core.training.progress import ProgressCallback, ProgressEvent
 
 REPORT_NAME = "report.json"
@@ -40,6 +43,28 @@ class TestbedSpec(BaseModel):
     seed: int = Field(0, description="Seed of the scenes, questions and base-model init.")
 
 
+class BenchmarkEval(BaseModel):
+    """An eval split that is a benchmark: its name and files as `mbpo eval benchmark` takes them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    benchmark: str = Field(
+        ..., description="A benchmark of docs/benchmarks.md (pope, chair, amber, mme, ...)."
+    )
+    data: Path = Field(..., description="Its files: a question / query / annotation file or its folder.")
+    images: Path | None = Field(None, description="Its image folder (POPE, CHAIR, AMBER).")
+
+    @field_validator("benchmark")
+    @classmethod
+    def _runnable(cls, name: str) -> str:
+        if (reason := service_refusal(name)) is not None:
+            raise ValueError(reason)
+        return name
+
+    def source(self) -> BenchmarkSource:
+        return BenchmarkSource(self.benchmark, self.data, self.images)
+
+
 class RunSpec(BaseModel):
     """A whole local run: inputs, output directory and the MBPO configuration."""
 
@@ -50,7 +75,9 @@ class RunSpec(BaseModel):
     model: Path | None = Field(None, description="Base model directory.")
     pool: Path | None = Field(None, description="Manifest mined for hard negatives (the offline pool).")
     online: Path | None = Field(None, description="Manifest of online GRPO prompts.")
-    eval: dict[str, Path] = Field(default_factory=dict, description="Eval split name -> manifest.")
+    eval: dict[str, Path | BenchmarkEval] = Field(
+        default_factory=dict, description="Eval split name -> manifest, or a benchmark's files."
+    )
     config: MBPOConfig = Field(default_factory=lambda: MBPOConfig.model_validate({}))
 
     @model_validator(mode="after")
@@ -74,9 +101,18 @@ class RunSpec(BaseModel):
         for key in ("out", "model", "pool", "online"):
             if data.get(key) is not None:
                 data[key] = str(base / data[key])
-        data["eval"] = {name: str(base / p) for name, p in (data.get("eval") or {}).items()}
+        data["eval"] = {name: _relative_to(base, e) for name, e in (data.get("eval") or {}).items()}
         data = apply_overrides(data, overrides, prefix="config", top_level=list(cls.model_fields))
         return cls.model_validate(data)
+
+
+def _relative_to(base: Path, entry: Any) -> Any:
+    """An eval entry of a run file with its paths taken relative to the file."""
+    if isinstance(entry, dict):
+        return {
+            k: str(base / v) if k in ("data", "images") and v is not None else v for k, v in entry.items()
+        }
+    return str(base / entry)
 
 
 def run_pipeline(
@@ -95,7 +131,8 @@ def run_pipeline(
         model_dir=spec.model,
         offline_manifest=spec.pool,
         online_manifest=spec.online,
-        eval_manifests=dict(spec.eval),
+        eval_manifests={name: e for name, e in spec.eval.items() if isinstance(e, Path)},
+        eval_benchmarks={name: e.source() for name, e in spec.eval.items() if isinstance(e, BenchmarkEval)},
     )
     started = time.monotonic()
     results = run_all(
@@ -111,6 +148,7 @@ def run_pipeline(
         "aligned": evaluation["aligned"],
         "delta": evaluation["delta"],
         "significance": evaluation["significance"],
+        "benchmarks": evaluation.get("benchmarks", {}),
         "attack": evaluation.get("attack", {}),
         "mining": results["mining"],
         "training": results["training"],

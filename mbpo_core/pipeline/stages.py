@@ -13,6 +13,10 @@ in the run directory:
 - `train` continues from the newest complete checkpoint in `training/checkpoints/`;
 - `evaluate` caches each (model, split) result under `eval/`, so the base model is scored once.
 
+An eval split is a manifest (`RunInputs.eval_manifests`) or a benchmark from its official files
+(`RunInputs.eval_benchmarks`, docs/benchmarks.md): a benchmark is scored by its own runner and
+scorer, exactly as `mbpo eval benchmark`, and its metric tables go under `benchmarks` in the result.
+
 A stop request raises `StageCancelled` at a safe point (after a mining batch, after a training
 step with a checkpoint saved, after an evaluation batch); nothing already written is lost.
 A full disk is a `PipelineError("disk_full")`: the half-written files are removed and the complete
@@ -39,6 +43,8 @@ from typing import Any
 from mbpo_core.config import MBPOConfig
 from mbpo_core.data.manifest import ManifestError, read_manifest
 from mbpo_core.data.verifiers import CLOSED_TASKS
+from mbpo_core.evaluation.benchmarks.common import BenchmarkDataError, BenchmarkItem, MetricTables
+from mbpo_core.evaluation.benchmarks.dataset import BenchmarkSource
 from mbpo_core.evaluation.compare import metric_deltas
 from mbpo_core.models.info import ModelDirError, inspect_model_dir
 
@@ -83,12 +89,18 @@ ShouldStop = Callable[[], bool]
 
 @dataclass(frozen=True)
 class RunInputs:
-    """What a run reads: the base model directory and manifests (eval splits by name)."""
+    """What a run reads: the base model directory and manifests; the eval splits by name, each a
+    manifest or a benchmark (the names of the two dicts do not overlap)."""
 
     model_dir: Path
     offline_manifest: Path | None = None
     online_manifest: Path | None = None
     eval_manifests: dict[str, Path] = field(default_factory=dict)
+    eval_benchmarks: dict[str, BenchmarkSource] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if both := set(self.eval_manifests) & set(self.eval_benchmarks):
+            raise PipelineError("invalid_dataset", f"eval split names used twice: {', '.join(sorted(both))}")
 
 
 @dataclass(frozen=True)
@@ -235,6 +247,16 @@ def _check_manifest(role: str, path: Path) -> dict[str, Any]:
     return {"samples": len(samples), "tasks": dict(Counter(s.task for s in samples))}
 
 
+def _benchmark_items(role: str, source: BenchmarkSource, limit: int | None = None) -> list[BenchmarkItem]:
+    try:
+        items = source.load(limit)
+    except (BenchmarkDataError, ValueError, OSError) as exc:
+        raise PipelineError("invalid_dataset", f"{role} benchmark {source.name}: {exc}") from exc
+    if not items:
+        raise PipelineError("invalid_dataset", f"{role} benchmark {source.name} ({source.data}) has no items")
+    return items
+
+
 def validate(
     inputs: RunInputs,
     layout: RunLayout,
@@ -254,9 +276,14 @@ def validate(
     roles.update({f"eval:{name}": path for name, path in inputs.eval_manifests.items()})
     datasets: dict[str, Any] = {}
     present = {role: path for role, path in roles.items() if path is not None}
+    checks = len(present) + len(inputs.eval_benchmarks)
     for i, (role, path) in enumerate(present.items()):
         datasets[role] = _check_manifest(role, path)
-        progress(i + 1, len(present), role)
+        progress(i + 1, checks, role)
+    for i, (name, source) in enumerate(inputs.eval_benchmarks.items(), start=len(present)):
+        role = f"eval:{name}"
+        datasets[role] = {"benchmark": source.name, "items": len(_benchmark_items(role, source))}
+        progress(i + 1, checks, role)
     online = datasets.get("online")
     if online is not None and not CLOSED_TASKS & set(online["tasks"]):
         raise PipelineError(
@@ -517,7 +544,12 @@ def evaluate(
     """Base and aligned model on every eval split, side by side, and whether each change is
     significant (`significance`: paired bootstrap intervals and McNemar, mbpo_core.evaluation.stats).
     Each (model, split) result is cached in eval/<model>/<split>.json with its answers in
-    <split>.samples.json, so a resumed run (or a second evaluation) skips it."""
+    <split>.samples.json, so a resumed run (or a second evaluation) skips it.
+
+    A benchmark split is scored by the benchmark's runner and scorer with its own answer length
+    (`eval.limit`: its first N items, as `mbpo eval benchmark --limit`); `benchmarks` holds, per
+    split, the benchmark's name, its item count and its metric tables for base, aligned and their
+    delta. Cached in eval/<model>/benchmarks/<split>.json, answers in <split>.answers.jsonl."""
     if (cached := finished_result(layout, "evaluating")) is not None:
         return cached
     from mbpo_core.evaluation.evaluate import SampleResult, balanced_subset, evaluate_manifest
@@ -530,11 +562,16 @@ def evaluate(
         name: len(balanced_subset(read_manifest(path), config.eval.limit, config.seed))
         for name, path in inputs.eval_manifests.items()
     }
-    total = 2 * sum(sizes.values())
+    items = {
+        name: _benchmark_items(f"eval:{name}", source, config.eval.limit)
+        for name, source in inputs.eval_benchmarks.items()
+    }
+    total = 2 * (sum(sizes.values()) + sum(len(i) for i in items.values()))
     progress = _Progress("evaluating", report, should_stop)
     done = 0
     scores: dict[str, dict[str, dict[str, float]]] = {BASE: {}, ALIGNED: {}}
     answers: dict[str, dict[str, list[SampleResult]]] = {BASE: {}, ALIGNED: {}}
+    tables: dict[str, dict[str, MetricTables]] = {BASE: {}, ALIGNED: {}}
     for which, model_dir in models.items():
         for split, manifest in inputs.eval_manifests.items():
             cache = layout.eval_dir / which / f"{split}.json"
@@ -565,6 +602,22 @@ def evaluate(
             answers[which][split] = evaluation.results
             layout.write_json(samples, [asdict(r) for r in evaluation.results])
             layout.write_json(cache, evaluation.metrics)
+        for split, source in inputs.eval_benchmarks.items():
+
+            def on_items(n: int, which: str = which, split: str = split) -> None:
+                nonlocal done
+                done += n
+                progress(done, total, f"{which}:{split}")
+
+            tables[which][split] = _benchmark_tables(
+                model_dir,
+                layout.eval_dir / which / "benchmarks" / split,
+                source,
+                items[split],
+                layout,
+                config,
+                on_items,
+            )
         release_models()  # one model in memory at a time
     result: dict[str, Any] = {
         BASE: scores[BASE],
@@ -575,6 +628,17 @@ def evaluate(
             for split in inputs.eval_manifests
         },
     }
+    if inputs.eval_benchmarks:
+        result["benchmarks"] = {
+            split: {
+                "benchmark": source.name,
+                "items": len(items[split]),
+                BASE: tables[BASE][split],
+                ALIGNED: tables[ALIGNED][split],
+                "delta": metric_deltas(tables[BASE][split], tables[ALIGNED][split]),
+            }
+            for split, source in inputs.eval_benchmarks.items()
+        }
     if config.eval.attack_eval and inputs.eval_manifests:
         result["attack"] = {
             which: _attack_success(model_dir, which, inputs, layout, config, progress)
@@ -583,6 +647,36 @@ def evaluate(
     layout.write_json(layout.eval_dir / "report.json", result)
     layout.write_json(layout.stage_file("evaluating"), result)
     return result
+
+
+def _benchmark_tables(
+    model_dir: Path,
+    stem: Path,
+    source: BenchmarkSource,
+    items: list[BenchmarkItem],
+    layout: RunLayout,
+    config: MBPOConfig,
+    on_items: Callable[[int], None],
+) -> MetricTables:
+    """One model's metric tables on one benchmark split, cached in `stem`.json with the answers in
+    `stem`.answers.jsonl (as `mbpo eval benchmark --out` writes them)."""
+    cache = stem.with_name(f"{stem.name}.json")
+    if cache.is_file():
+        on_items(len(items))
+        tables: MetricTables = json.loads(cache.read_text())
+        return tables
+    from mbpo_core.evaluation.benchmarks.runner import evaluate_benchmark, write_predictions
+
+    result = evaluate_benchmark(
+        _adapter(model_dir, config),
+        source.module,
+        items,
+        batch_size=config.eval.batch_size,
+        on_batch=on_items,
+    )
+    write_predictions(stem.with_name(f"{stem.name}.answers.jsonl"), items, result.answers)
+    layout.write_json(cache, result.metrics)
+    return result.metrics
 
 
 def _attack_success(
