@@ -18,6 +18,8 @@ pope_popular / pope_adversarial / vqa. Rows:
     offline_only  hybrid trainer with offline_fraction = 1 (mined pairs + G-2 samples, no online prompts)
     mbpo          hybrid trainer with the recipe's offline_fraction
 
+`--on dev` evaluates on the testbed's dev splits (dev_pope_*, dev_vqa: for choosing a recipe) instead
+of its test splits (the default, touched once for the final table), into OUT/results-dev.jsonl.
 Results are appended to OUT/results.jsonl as they finish (a re-run skips finished (seed, row) cells),
 every answer of a cell to OUT/seed-<seed>/<row>/answers/<split>.json. The report has two tables:
 each row's metrics (mean +- std over seeds), and the comparisons (`--compare`, default: every row
@@ -105,7 +107,7 @@ def train_hybrid(testbed: Path, work: Path, config: MBPOConfig, offline_fraction
 
 
 def evaluate(
-    model_dir: Path, testbed: Path, config: MBPOConfig, limit: int | None, answers_dir: Path
+    model_dir: Path, testbed: Path, config: MBPOConfig, limit: int | None, answers_dir: Path, prefix: str
 ) -> dict[str, dict[str, float]]:
     """Metrics per split; every answer saved to answers_dir/<split>.json (the paired comparisons)."""
     from dataclasses import asdict
@@ -119,16 +121,22 @@ def evaluate(
     for split in SPLITS:
         evaluation = evaluate_manifest(
             adapter,
-            manifest(testbed, split),
+            manifest(testbed, prefix + split),
             limit=limit,
             seed=config.seed,
             batch_size=config.eval.batch_size,
             max_new_tokens=config.eval.max_new_tokens,
             null_image=config.iig.null_image,
         )
-        (answers_dir / f"{split}.json").write_text(json.dumps([asdict(r) for r in evaluation.results]))
+        (answers_dir / f"{prefix}{split}.json").write_text(
+            json.dumps([asdict(r) for r in evaluation.results])
+        )
         metrics[split] = evaluation.metrics
     return metrics
+
+
+def split_prefix(args: argparse.Namespace) -> str:
+    return "dev_" if args.on == "dev" else ""
 
 
 def load_answers(out: Path, seed: int, row: str, split: str) -> list[Any] | None:
@@ -164,7 +172,9 @@ def run_cell(row: str, seed: int, testbed: Path, args: argparse.Namespace) -> di
         fraction = {"grpo_online": 0.0, "offline_only": 1.0, "mbpo": config.train.offline_fraction}[row]
         model_dir = train_hybrid(testbed, work / row, config, fraction, pairs)
     train_s = time.perf_counter() - start
-    metrics = evaluate(model_dir, testbed, config, args.eval_limit, work / row / "answers")
+    metrics = evaluate(
+        model_dir, testbed, config, args.eval_limit, work / row / "answers", split_prefix(args)
+    )
     return {"seed": seed, "row": row, "train_s": train_s, "metrics": metrics}
 
 
@@ -217,7 +227,7 @@ DEFAULT_COMPARISONS = (
 COMPARED = (("pope_adversarial", "f1"), ("pope_random", "f1"), ("pope_adversarial", "false_yes_rate"))
 
 
-def comparisons(out: Path, results: list[dict[str, Any]], pairs: list[str]) -> str:
+def comparisons(out: Path, results: list[dict[str, Any]], pairs: list[str], prefix: str) -> str:
     """Markdown: for each `a-b` pair of rows, a - b on the COMPARED metrics pooled over the seeds
     both rows finished, with the 95% two-level bootstrap interval (points of %)."""
     from mbpo_core.evaluation.stats import pooled_intervals
@@ -232,7 +242,10 @@ def comparisons(out: Path, results: list[dict[str, Any]], pairs: list[str]) -> s
             continue
         cells = [f"{a} - {b}", str(len(seeds))]
         for split, metric in COMPARED:
-            runs = [(load_answers(out, s, b, split), load_answers(out, s, a, split)) for s in seeds]
+            runs = [
+                (load_answers(out, s, b, prefix + split), load_answers(out, s, a, prefix + split))
+                for s in seeds
+            ]
             if any(x is None or y is None for x, y in runs):
                 cells.append("-")
                 continue
@@ -265,6 +278,9 @@ def main() -> None:
     )
     parser.add_argument("--eval-limit", type=int, default=None, help="samples per eval split (balanced)")
     parser.add_argument(
+        "--on", choices=("test", "dev"), default="test", help="evaluate on the test splits or the dev splits"
+    )
+    parser.add_argument(
         "--compare",
         nargs="+",
         default=list(DEFAULT_COMPARISONS),
@@ -278,7 +294,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    results_path = args.out / "results.jsonl"
+    results_path = args.out / ("results-dev.jsonl" if args.on == "dev" else "results.jsonl")
     done = {(r["seed"], r["row"]) for r in load_results(results_path)}
     for seed in args.seeds:
         testbed = testbed_dir(args, seed)
@@ -293,7 +309,7 @@ def main() -> None:
                 f.write(json.dumps(cell) + "\n")
             print(json.dumps({k: v for k, v in cell.items() if k != "metrics"}), flush=True)
     results = [r for r in load_results(results_path) if "metrics" in r]
-    report = table(results) + "\n\n" + comparisons(args.out, results, args.compare)
+    report = table(results) + "\n\n" + comparisons(args.out, results, args.compare, split_prefix(args))
     print(report)
     if args.doc:
         marker = "<!-- ablation-table -->"

@@ -8,6 +8,9 @@
   Sharing images and positives means a gap between splits can only come from the negatives.
 - `vqa`: colour (multiple choice) and count (number) questions.
 - `offline` (negative mining) and `online` (GRPO prompts): close-ended pools with ground truth.
+- `dev_pope_random` / `dev_pope_popular` / `dev_pope_adversarial` / `dev_vqa`: the same
+  constructions on images of their own, for choosing recipes; the POPE and VQA splits above are the
+  test splits, touched once for a final table.
 
 Each split draws from its own random stream (seed, split index), so resizing one split never
 changes another.
@@ -26,11 +29,16 @@ from mbpo_core.testbed.scenes import ALL_KINDS, ObjectKind, Scene
 from mbpo_core.testbed.world import WorldSpec, draw_scene
 
 POPE_SPLITS = ("pope_random", "pope_popular", "pope_adversarial")
-SPLITS = ("sft", *POPE_SPLITS, "vqa", "offline", "online")
+DEV_PREFIX = "dev_"
+DEV_SPLITS = tuple(DEV_PREFIX + name for name in (*POPE_SPLITS, "vqa"))
+SPLITS = ("sft", *POPE_SPLITS, "vqa", "offline", "online", *DEV_SPLITS)
 # Existence pairs (one yes, one no) per sft image, plus one colour or count question. Several
 # questions per image are cheap to train on: the vision tower runs once per image.
 SFT_EXISTENCE_PAIRS = 4
-_STREAM = {name: i for i, name in enumerate(("sft", "pope", "vqa", "offline", "online"))}
+# New streams go at the end: a stream's index seeds it, so the others never change.
+_STREAM = {
+    name: i for i, name in enumerate(("sft", "pope", "vqa", "offline", "online", "dev_pope", "dev_vqa"))
+}
 
 
 @dataclass(frozen=True)
@@ -50,10 +58,20 @@ class SplitSizes:
     vqa_images: int = 500
     offline: int = 2_000
     online: int = 2_000
+    dev_pope_images: int = 250
+    dev_vqa_images: int = 250
 
     @classmethod
     def quick(cls) -> SplitSizes:
-        return cls(sft_images=2_000, pope_images=150, vqa_images=100, offline=200, online=200)
+        return cls(
+            sft_images=2_000,
+            pope_images=150,
+            vqa_images=100,
+            offline=200,
+            online=200,
+            dev_pope_images=100,
+            dev_vqa_images=50,
+        )
 
 
 def split_rng(seed: int, stream: str) -> np.random.Generator:
@@ -120,21 +138,23 @@ def _pope_negatives(
 
 
 def build_pope(
-    seed: int, world: WorldSpec, n_images: int, frequency: Counter[ObjectKind]
+    seed: int, world: WorldSpec, n_images: int, frequency: Counter[ObjectKind], stream: str = "pope"
 ) -> dict[str, list[Sample]]:
-    """The three POPE splits: the same images and positives; balanced 50/50 yes/no."""
-    rng = split_rng(seed, "pope")
+    """The three POPE splits: the same images and positives; balanced 50/50 yes/no. Keys and image
+    ids carry the `dev_` prefix for the dev stream."""
+    rng = split_rng(seed, stream)
+    prefix = stream.removesuffix("pope")
     ranking = [k for k, _ in frequency.most_common()] + [k for k in ALL_KINDS if k not in frequency]
-    splits: dict[str, list[Sample]] = {name: [] for name in POPE_SPLITS}
+    splits: dict[str, list[Sample]] = {prefix + name: [] for name in POPE_SPLITS}
     for i in range(n_images):
         scene, partner = draw_scene(rng, world, probe=True)
         assert partner is not None
-        image_id = f"pope-{i:06d}"
+        image_id = f"{prefix.replace('_', '-')}pope-{i:06d}"
         positive = existence_qa(_pick(rng, sorted(scene.kinds())), scene, probe="positive")
         negatives = _pope_negatives(rng, scene, partner, world, ranking)
         for name in POPE_SPLITS:
             negative = existence_qa(negatives[name], scene, probe=name.removeprefix("pope_"))
-            splits[name] += [
+            splits[prefix + name] += [
                 Sample(f"{image_id}-pos", image_id, scene, positive),
                 Sample(f"{image_id}-neg", image_id, scene, negative),
             ]
@@ -148,8 +168,8 @@ def _one_question_split(
     samples = []
     for i in range(n):
         # Pools mix training scenes with probe scenes so mining meets anchor-without-partner images.
-        scene, _ = draw_scene(rng, world, probe=stream != "vqa" and rng.random() < 0.5)
-        image_id = f"{stream}-{i:06d}"
+        scene, _ = draw_scene(rng, world, probe=not stream.endswith("vqa") and rng.random() < 0.5)
+        image_id = f"{stream.replace('_', '-')}-{i:06d}"
         samples.append(Sample(f"{image_id}-q0", image_id, scene, ask(rng, scene)))
     return samples
 
@@ -187,4 +207,6 @@ def build_splits(seed: int, world: WorldSpec, sizes: SplitSizes) -> dict[str, li
     splits["vqa"] = _one_question_split(seed, "vqa", world, sizes.vqa_images, colour_or_count)
     splits["offline"] = _one_question_split(seed, "offline", world, sizes.offline, pool_question(world))
     splits["online"] = _one_question_split(seed, "online", world, sizes.online, pool_question(world))
+    splits.update(build_pope(seed, world, sizes.dev_pope_images, kind_frequency(sft), stream="dev_pope"))
+    splits["dev_vqa"] = _one_question_split(seed, "dev_vqa", world, sizes.dev_vqa_images, colour_or_count)
     return splits

@@ -12,6 +12,7 @@ from mbpo_core.data.manifest import read_manifest
 from mbpo_core.data.verifiers import is_correct
 from mbpo_core.testbed.scenes import render_scene
 from mbpo_core.testbed.splits import (
+    DEV_SPLITS,
     POPE_SPLITS,
     SFT_EXISTENCE_PAIRS,
     SPLITS,
@@ -25,7 +26,15 @@ from mbpo_core.testbed.writer import write_split
 from tests.mbpo_core.testbed.pixels import detect_objects
 
 WORLD = WorldSpec()
-SIZES = SplitSizes(sft_images=400, pope_images=80, vqa_images=40, offline=40, online=40)
+SIZES = SplitSizes(
+    sft_images=400,
+    pope_images=80,
+    vqa_images=40,
+    offline=40,
+    online=40,
+    dev_pope_images=30,
+    dev_vqa_images=20,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +73,23 @@ def test_answers_match_the_pixels(splits: dict[str, list[Sample]], name: str) ->
             qa.answer,
             truth,
         )
+
+
+def test_dev_splits_are_built_the_same_way_on_images_of_their_own(splits: dict[str, list[Sample]]) -> None:
+    assert DEV_SPLITS == ("dev_pope_random", "dev_pope_popular", "dev_pope_adversarial", "dev_vqa")
+    test_images = {s.image_id for name in (*POPE_SPLITS, "vqa") for s in splits[name]}
+    for name in DEV_SPLITS:
+        images = {s.image_id for s in splits[name]}
+        assert images and not images & test_images and all(i.startswith("dev-") for i in images)
+    for name in POPE_SPLITS:
+        dev = splits["dev_" + name]
+        assert Counter(s.qa.answer for s in dev) == {"yes": 30, "no": 30}
+        probes = {s.qa.meta.get("probe") for s in dev} - {"positive"}
+        assert probes == {s.qa.meta.get("probe") for s in splits[name]} - {"positive"}
+    assert len(splits["dev_vqa"]) == 20 and {s.qa.task for s in splits["dev_vqa"]} <= {
+        "multiple_choice",
+        "number",
+    }
 
 
 def test_pope_splits_share_images_and_positives_and_are_balanced(splits: dict[str, list[Sample]]) -> None:
@@ -141,8 +167,9 @@ def test_training_data_carries_the_co_occurrence_prior(splits: dict[str, list[Sa
 def test_splits_are_deterministic_and_independent(splits: dict[str, list[Sample]]) -> None:
     again = build_splits(0, WORLD, SIZES)
     assert [s.qa for s in again["sft"]] == [s.qa for s in splits["sft"]]
-    resized = build_splits(0, WORLD, replace(SIZES, vqa_images=10))
+    resized = build_splits(0, WORLD, replace(SIZES, vqa_images=10, dev_pope_images=5))
     assert [s.qa for s in resized["offline"]] == [s.qa for s in splits["offline"]]
+    assert [s.qa for s in resized["pope_adversarial"]] == [s.qa for s in splits["pope_adversarial"]]
     other_seed = build_splits(1, WORLD, SIZES)
     assert [s.qa for s in other_seed["sft"]] != [s.qa for s in splits["sft"]]
 
