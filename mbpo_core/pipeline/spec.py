@@ -57,8 +57,8 @@ class BenchmarkEval(BaseModel):
     @field_validator("benchmark")
     @classmethod
     def _runnable(cls, name: str) -> str:
-        if (reason := service_refusal(name)) is not None:
-            raise ValueError(reason)
+        if (refusal := service_refusal(name)) is not None:
+            raise ValueError(refusal.message)
         return name
 
     def source(self) -> BenchmarkSource:

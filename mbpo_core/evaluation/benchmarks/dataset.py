@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 from mbpo_core.evaluation.benchmarks import BENCHMARKS
 from mbpo_core.evaluation.benchmarks.common import BenchmarkItem
@@ -27,19 +27,32 @@ from mbpo_core.evaluation.benchmarks.common import BenchmarkItem
 GROUP_KEYS = ("split", "subtask", "type", "category")
 
 
-def service_refusal(name: str) -> str | None:
+class Refusal(NamedTuple):
+    code: str  # stable: "unknown_benchmark" | "judge_required"
+    message: str
+
+
+def service_refusal(name: str) -> Refusal | None:
     """Why a run cannot be scored on benchmark `name`, or None when it can."""
     module = BENCHMARKS.get(name)
     if module is None:
-        return f"unknown benchmark {name!r}; one of {', '.join(sorted(BENCHMARKS))}"
+        return Refusal(
+            "unknown_benchmark", f"unknown benchmark {name!r}; one of {', '.join(sorted(BENCHMARKS))}"
+        )
     if "judge" in inspect.signature(module.score).parameters:
         # A judge is an external model (an OpenAI-compatible URL and a key) the user runs; the
         # service has no setting for one, so a run could only fail at its last stage.
-        return (
+        return Refusal(
+            "judge_required",
             f"{name} is scored by a judge model, which the service does not configure; score it with "
-            f"`mbpo eval benchmark --name {name}` and the judge options instead"
+            f"`mbpo eval benchmark --name {name}` and the judge options instead",
         )
     return None
+
+
+def runnable_benchmarks() -> list[str]:
+    """The benchmarks a run can be scored on, by name."""
+    return sorted(name for name in BENCHMARKS if service_refusal(name) is None)
 
 
 @dataclass(frozen=True)
@@ -52,8 +65,8 @@ class BenchmarkSource:
 
     @property
     def module(self) -> ModuleType:
-        if (reason := service_refusal(self.name)) is not None:
-            raise ValueError(reason)
+        if (refusal := service_refusal(self.name)) is not None:
+            raise ValueError(refusal.message)
         return BENCHMARKS[self.name]
 
     def load(self, limit: int | None = None) -> list[BenchmarkItem]:
