@@ -1,6 +1,9 @@
 """Dataset validation: every manifest line parsed, every image opened and checked, stats and
 thumbnails produced; a dataset registered in another format (HF datasets, parquet, TRL, LLaVA) is
 first converted into a manifest + images in its storage directory (mbpo_core.data.formats).
+A benchmark's files are read by the benchmark's own loader (the one `mbpo eval benchmark` and a run
+use) and every image it names is opened; its first problem (the loaders stop there) is the report,
+naming the file and the line or entry. Nothing is written for a benchmark but the row.
 Plain functions; the Celery task in worker.tasks is a thin shell over `run_dataset_validation`, and
 tests call these directly."""
 
@@ -33,6 +36,8 @@ from mbpo_core.data.manifest import (
     open_image_checked,
     resolve_image_path,
 )
+from mbpo_core.evaluation.benchmarks.common import BenchmarkDataError
+from mbpo_core.evaluation.benchmarks.dataset import BenchmarkSource, item_counts
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +74,12 @@ class _Collector:
     thumbnails: dict[str, str] = field(default_factory=dict)
 
     def error(self, exc: ManifestError) -> None:
-        self.error_counts[exc.code] += 1
+        self.add(exc.as_dict())
+
+    def add(self, problem: dict[str, Any]) -> None:
+        self.error_counts[problem["code"]] += 1
         if len(self.errors) < MAX_REPORTED_ERRORS:
-            self.errors.append(exc.as_dict())
+            self.errors.append(problem)
 
 
 def _thumbnail_name(ref: str) -> str:
@@ -187,11 +195,13 @@ def validate_dataset_files(
     return _result(out, stats)
 
 
-def _result(out: _Collector, stats: dict[str, Any]) -> ValidationResult:
+def _result(out: _Collector, stats: dict[str, Any], *, items: int | None = None) -> ValidationResult:
+    """The result of a manifest check, or of a benchmark's with its item count `items`."""
     error_count = sum(out.error_counts.values())
+    count = len(out.samples) if items is None else items
     report = {
         "lines": out.lines,
-        "valid_samples": len(out.samples),
+        "valid_samples": count,
         "error_count": error_count,
         "error_counts": dict(out.error_counts),
         "errors": out.errors,
@@ -199,7 +209,7 @@ def _result(out: _Collector, stats: dict[str, Any]) -> ValidationResult:
     }
     return ValidationResult(
         valid=error_count == 0,
-        num_samples=len(out.samples),
+        num_samples=count,
         task_counts=dict(Counter(s.task for s in out.samples)),
         stats=stats,
         report=report,
@@ -252,9 +262,52 @@ def import_dataset_files(
     return None
 
 
+def validate_benchmark_files(
+    source: BenchmarkSource, limits: ImageLimits, *, should_stop: Callable[[], bool] = lambda: False
+) -> ValidationResult:
+    """Load a benchmark as a run will and open every image it names. Never raises for bad data."""
+    out = _Collector()
+    try:
+        items = source.load()
+    except BenchmarkDataError as exc:
+        problem = {
+            "code": "invalid_benchmark",
+            "file": str(exc.path),
+            "line": exc.line,
+            "message": exc.message,
+        }
+        if exc.entry is not None:
+            problem["entry"] = exc.entry
+        out.add(problem)
+        return _result(out, {"benchmark": {"name": source.name}}, items=0)
+    if not items:
+        out.add({"code": "empty_benchmark", "file": str(source.data), "line": None, "message": "no items"})
+    images: dict[str, ImageInfo] = {}
+    for item in items:
+        if should_stop():
+            raise LeaseLost()
+        key = str(item.image)
+        if key in images:
+            continue
+        try:
+            _, images[key] = open_image_checked(
+                item.image, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes
+            )
+        except (ManifestError, OSError) as exc:
+            message = exc.message if isinstance(exc, ManifestError) else str(exc)
+            code = exc.code if isinstance(exc, ManifestError) else "unreadable_image"
+            out.add({"code": code, "file": key, "line": None, "message": f"item {item.id}: {message}"})
+    stats = {"benchmark": {"name": source.name, **item_counts(items)}, "images": _image_stats(images)}
+    return _result(out, stats, items=len(items))
+
+
 def _summary(report: dict[str, Any]) -> str:
     first = report["errors"][0]
-    where = f"line {first['line']}: " if first.get("line") else ""
+    where = f"{first['file']}, " if first.get("file") else ""
+    if first.get("line"):
+        where += f"line {first['line']}: "
+    elif first.get("entry") is not None:
+        where += f"entry {first['entry']}: "
     return f"{report['error_count']} problem(s); first: {where}{first['message']}"
 
 
@@ -275,7 +328,16 @@ def run_dataset_validation(
         dataset = session.get(Dataset, dataset_id)
         assert dataset is not None  # the claim just matched it
         root, manifest = Path(dataset.root_path), Path(dataset.root_path) / dataset.manifest_name
-        to_import = None if dataset.format == "manifest" else (dataset.format, dataset.import_path)
+        benchmark = (
+            BenchmarkSource(
+                dataset.benchmark or "", root, Path(dataset.images_path) if dataset.images_path else None
+            )
+            if dataset.format == "benchmark"
+            else None
+        )
+        to_import = (
+            None if dataset.format in ("manifest", "benchmark") else (dataset.format, dataset.import_path)
+        )
         columns, uploaded = dataset.import_columns, dataset.source == "upload"
     final_thumbs = thumbnails_dir_for(settings, dataset_id)
     staging = final_thumbs.with_name(f".{dataset_id}.{owner.replace(':', '_')}")
@@ -284,7 +346,9 @@ def run_dataset_validation(
     try:
         with lease.keep_alive() as lost:
             result = None
-            if to_import is not None and not manifest.is_file():
+            if benchmark is not None:
+                result = validate_benchmark_files(benchmark, limits, should_stop=lost.is_set)
+            elif to_import is not None and not manifest.is_file():
                 result = import_dataset_files(
                     Path(to_import[1] or ""),
                     root,

@@ -49,6 +49,7 @@ from infra.runs.lifecycle import (
 from infra.runs.repository import ExecutionRepository
 from infra.settings import Settings
 from mbpo_core.config import MBPOConfig
+from mbpo_core.evaluation.benchmarks.dataset import BenchmarkSource
 from mbpo_core.pipeline import stages as pipeline
 from mbpo_core.pipeline.stages import PipelineError, RunInputs, RunLayout, StageCancelled, StageProgress
 from worker.budget import RunBudget
@@ -160,13 +161,20 @@ def load_inputs(session: Session, run: Run) -> RunInputs:
     eval_rows = [repo.dataset(i) for i in run.eval_dataset_ids]
     if any(row is None for row in eval_rows):
         raise PipelineError("dataset_missing", "an evaluation dataset no longer exists")
+    splits = eval_split_names([r for r in eval_rows if r is not None])
     return RunInputs(
         model_dir=Path(model.path),
         offline_manifest=manifest(run.offline_dataset_id),
         online_manifest=manifest(run.online_dataset_id),
         eval_manifests={
-            name: Path(d.root_path) / d.manifest_name
-            for name, d in eval_split_names([r for r in eval_rows if r is not None]).items()
+            name: Path(d.root_path) / d.manifest_name for name, d in splits.items() if d.benchmark is None
+        },
+        eval_benchmarks={
+            name: BenchmarkSource(
+                d.benchmark, Path(d.root_path), Path(d.images_path) if d.images_path else None
+            )
+            for name, d in splits.items()
+            if d.benchmark is not None
         },
     )
 

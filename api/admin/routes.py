@@ -232,7 +232,13 @@ def spot_check_page(request: Request, viewer: ViewerDep) -> Response:
 @router.get("/datasets")
 def datasets_page(request: Request, viewer: ViewerDep, session: SessionDep) -> Response:
     rows = datasets_service.list_datasets(session, viewer.principal, before=None, limit=200)
-    return render(request, "datasets.html", viewer=viewer, datasets=[DatasetRead.from_row(r) for r in rows])
+    return render(
+        request,
+        "datasets.html",
+        viewer=viewer,
+        datasets=[DatasetRead.from_row(r) for r in rows],
+        benchmarks=datasets_service.benchmark_names(),
+    )
 
 
 @router.get("/datasets/{dataset_id}")

@@ -119,7 +119,8 @@ async def create_dataset(
     request: Request, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, jobs: JobQueueDep
 ) -> DatasetDetail:
     """Register a dataset from a server path (JSON) or upload one (multipart: manifest + images zip,
-    or a zip of the dataset directory as `archive`). Formats: docs/api.md, "Dataset formats".
+    or a zip of the dataset directory as `archive`). Formats: docs/api.md, "Dataset formats"; a
+    benchmark's official files (JSON with `benchmark`, evaluation only): docs/benchmarks.md.
 
     The dataset starts `validating`; a worker moves it to `ready` or `invalid` (see its report)."""
     content_type = request.headers.get("content-type", "")
@@ -134,6 +135,12 @@ async def create_dataset(
                 )
             check_text(name, "name")
             format, columns = _import_options(form)
+            if format == service.BENCHMARK_FORMAT:
+                raise Unprocessable(
+                    "a benchmark is registered from a server path: JSON {name, path, benchmark, images}",
+                    code="validation_error",
+                    field="format",
+                )
             archive = _file_field(form, "archive", required=False)
             if archive is not None:
                 for other in ("manifest", "images"):

@@ -7,6 +7,11 @@ if anything fails, the staged files are removed and nothing is half-written.
 A dataset in another format than the manifest (mbpo_core.data.formats) is only recognised here, from
 its file names and schema; the validation job converts it into a manifest + images under
 MBPO_HOME/datasets/<id>/ (an upload waits in Settings.upload_source_dir until then).
+
+A benchmark (`format: benchmark`, mbpo_core.evaluation.benchmarks.dataset) is registered from a server
+path only and stays there: the validation job runs the benchmark's own loader on it. It can only be
+an evaluation dataset of a run; benchmarks scored by a judge model are refused (the service
+configures no judge).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from infra.jobs import JobQueue, TaskName
 from infra.settings import Settings
 from mbpo_core.data.formats import Source, detect_format
 from mbpo_core.data.manifest import ManifestError, ManifestSample, iter_manifest, resolve_image_path
+from mbpo_core.evaluation.benchmarks.dataset import runnable_benchmarks, service_refusal
+
+BENCHMARK_FORMAT = "benchmark"
 
 
 def _detect(path: Path, format: str, *, path_field: str) -> Source:
@@ -57,6 +65,14 @@ def _manifest_location(resolved: Path) -> tuple[Path, str]:
 def create_from_path(
     session: Session, jobs: JobQueue, settings: Settings, principal: Principal, body: DatasetFromPath
 ) -> Dataset:
+    if body.benchmark is not None or body.format == BENCHMARK_FORMAT:
+        return _create_benchmark(session, jobs, settings, principal, body)
+    if body.images is not None:
+        raise Unprocessable(
+            "images is for benchmarks (with `benchmark`); a manifest names its images itself",
+            code="validation_error",
+            field="images",
+        )
     resolved = resolve_allowed_path(body.path, settings)
     source = _detect(resolved, body.format, path_field="path")
     if source.format == "manifest":
@@ -75,6 +91,57 @@ def create_from_path(
         )
     dataset.name, dataset.source, dataset.status = body.name, "path", DatasetStatus.validating
     DatasetRepository(session).add(dataset)
+    jobs.enqueue(TaskName.validate_dataset, dataset.id)
+    return dataset
+
+
+def benchmark_names() -> list[str]:
+    """The benchmarks a dataset may be registered as: those a run can score."""
+    return runnable_benchmarks()
+
+
+def _create_benchmark(
+    session: Session, jobs: JobQueue, settings: Settings, principal: Principal, body: DatasetFromPath
+) -> Dataset:
+    """A benchmark's official files at `body.path` (and images at `body.images`), checked by name and
+    place here and by the benchmark's loader in the validation job."""
+    if body.benchmark is None:
+        raise Unprocessable(
+            "format benchmark needs `benchmark`: which benchmark the files are (docs/benchmarks.md)",
+            code="validation_error",
+            field="benchmark",
+        )
+    if body.format not in ("auto", BENCHMARK_FORMAT):
+        raise Unprocessable(
+            f"`benchmark` given with format {body.format!r}: use format benchmark (or leave it out)",
+            code="validation_error",
+            field="format",
+        )
+    if body.columns is not None:
+        raise Unprocessable(
+            "columns maps the columns of hf_disk / parquet data, not a benchmark's",
+            code="validation_error",
+            field="columns",
+        )
+    if (refusal := service_refusal(body.benchmark)) is not None:
+        raise Unprocessable(refusal.message, code=refusal.code, field="benchmark")
+    data = resolve_allowed_path(body.path, settings)
+    images = resolve_allowed_path(body.images, settings, field="images") if body.images else None
+    if images is not None and not images.is_dir():
+        raise Unprocessable("images must be a directory", code="invalid_path", field="images")
+    dataset = DatasetRepository(session).add(
+        Dataset(
+            owner_id=principal.user_id,
+            name=body.name,
+            source="path",
+            root_path=str(data),
+            manifest_name="",
+            format=BENCHMARK_FORMAT,
+            benchmark=body.benchmark,
+            images_path=str(images) if images else None,
+            status=DatasetStatus.validating,
+        )
+    )
     jobs.enqueue(TaskName.validate_dataset, dataset.id)
     return dataset
 
@@ -231,9 +298,10 @@ class SamplePreview:
 
 
 def preview_samples(settings: Settings, dataset: Dataset, *, limit: int) -> list[SamplePreview]:
-    """The first `limit` valid samples of a dataset with their thumbnails (for a quick look)."""
+    """The first `limit` valid samples of a dataset with their thumbnails (for a quick look); none
+    for a benchmark (its items are no manifest samples)."""
     manifest = Path(dataset.root_path) / dataset.manifest_name
-    if not manifest.is_file():
+    if dataset.format == BENCHMARK_FORMAT or not manifest.is_file():
         return []
     index_file = thumbnails_dir(settings, dataset.id) / "index.json"
     index: dict[str, str] = {}
@@ -255,7 +323,7 @@ def sample_image_path(dataset: Dataset, sample_id: str) -> Path:
     """The image file of one valid sample, resolved inside the dataset directory (never outside)."""
     root = Path(dataset.root_path)
     manifest = root / dataset.manifest_name
-    if manifest.is_file():
+    if dataset.format != BENCHMARK_FORMAT and manifest.is_file():
         for _, item in iter_manifest(manifest):
             if isinstance(item, ManifestSample) and item.id == sample_id:
                 try:

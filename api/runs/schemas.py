@@ -55,7 +55,9 @@ class RunRead(BaseModel):
     scores: dict[str, Any] | None = Field(
         None,
         description="Evaluation when done: `base` and `aligned` by split, their `delta`, and "
-        "`significance` (per split: 95% paired bootstrap interval of each delta, McNemar on accuracy).",
+        "`significance` (per split: 95% paired bootstrap interval of each delta, McNemar on accuracy); "
+        "`benchmarks`, per benchmark split: `benchmark`, `items` and the benchmark's metric tables "
+        "(row -> metric) for `base`, `aligned` and `delta` (docs/benchmarks.md).",
     )
     base_model_id: str
     offline_dataset_id: str | None

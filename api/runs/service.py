@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from api.auth.service import Principal
 from api.datasets.repository import DatasetRepository
+from api.datasets.service import BENCHMARK_FORMAT
 from api.errors import Conflict, NotFound, Unprocessable
 from api.models.repository import ModelRepository
 from api.runs.repository import RunRepository
@@ -63,6 +64,18 @@ def _ready_dataset(session: Session, principal: Principal, dataset_id: str, fiel
     return dataset
 
 
+def _training_dataset(session: Session, principal: Principal, dataset_id: str, field: str) -> Dataset:
+    dataset = _ready_dataset(session, principal, dataset_id, field)
+    if dataset.format == BENCHMARK_FORMAT:
+        raise Unprocessable(
+            f"dataset {dataset_id} is a benchmark ({dataset.benchmark}): it can only be an evaluation "
+            "dataset (eval_dataset_ids)",
+            code="dataset_unsuitable",
+            field=field,
+        )
+    return dataset
+
+
 def _check_references(session: Session, principal: Principal, body: RunCreate) -> None:
     if ModelRepository(session).get_visible(body.base_model_id, principal) is None:
         raise Unprocessable(
@@ -76,9 +89,9 @@ def _check_references(session: Session, principal: Principal, body: RunCreate) -
             field="offline_dataset_id",
         )
     if body.offline_dataset_id is not None:
-        _ready_dataset(session, principal, body.offline_dataset_id, "offline_dataset_id")
+        _training_dataset(session, principal, body.offline_dataset_id, "offline_dataset_id")
     if body.online_dataset_id is not None:
-        online = _ready_dataset(session, principal, body.online_dataset_id, "online_dataset_id")
+        online = _training_dataset(session, principal, body.online_dataset_id, "online_dataset_id")
         if not CLOSED_TASKS & set(online.task_counts or {}):
             raise Unprocessable(
                 "the online dataset has no yes_no, multiple_choice or number samples: online GRPO "

@@ -27,7 +27,11 @@
     return { method: "POST", body: new FormData(form) };
   });
   bind("path-form", "path-error", function (form) {
-    return { method: "POST", json: { name: form.elements.name.value, path: form.elements.path.value } };
+    var body = { name: form.elements.name.value, path: form.elements.path.value };
+    var benchmark = form.elements.benchmark ? form.elements.benchmark.value : "";
+    if (benchmark) body.benchmark = benchmark;
+    if (form.elements.images && form.elements.images.value) body.images = form.elements.images.value;
+    return { method: "POST", json: body };
   });
 
   var id = document.body.dataset.datasetId;

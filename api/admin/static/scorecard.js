@@ -1,4 +1,5 @@
-/* Scorecard: base vs aligned on every evaluation split, as a table and as bar charts. */
+/* Scorecard: base vs aligned on every evaluation split, as a table and as bar charts; then each
+   benchmark split's own metric tables (scores.benchmarks, docs/benchmarks.md). */
 (function () {
   "use strict";
   var M = window.MBPO, el = M.el, C = window.MBPOCharts;
@@ -40,13 +41,50 @@
       signed(d), el("div", { class: "small muted mono", text: range }), verdict || null);
   }
 
+  /* One table per benchmark split: a row per (table row, metric) with base, aligned and Δ. The
+     metrics are the benchmark's reference script's; no interval is computed for them. */
+  function renderBenchmarks(wrap, benchmarks) {
+    Object.keys(benchmarks).sort().forEach(function (split) {
+      var entry = benchmarks[split] || {}, base = entry.base || {}, aligned = entry.aligned || {};
+      var rows = Object.keys(base).concat(Object.keys(aligned).filter(function (r) { return !(r in base); }));
+      var tbody = el("tbody");
+      rows.forEach(function (row) {
+        var b = base[row] || {}, a = aligned[row] || {};
+        var metrics = Object.keys(b).concat(Object.keys(a).filter(function (m) { return !(m in b); }))
+          .filter(function (m) { return m !== "n"; });
+        metrics.forEach(function (metric, i) {
+          var d = M.isNum(b[metric]) && M.isNum(a[metric]) ? a[metric] - b[metric] : null;
+          tbody.appendChild(el("tr", { "data-benchmark-split": split, "data-row": row, "data-metric": metric },
+            i === 0 ? el("td", { rowspan: String(metrics.length), class: "mono" }, row,
+              M.isNum(b.n) ? el("div", { class: "muted small", text: "n = " + b.n }) : null) : null,
+            el("td", { class: "mono", text: metric }),
+            el("td", { class: "num", text: M.num(b[metric], 3) }),
+            el("td", { class: "num", text: M.num(a[metric], 3) }),
+            el("td", { class: "num muted", title: "the benchmark's own metric: no interval computed", text: d === null ? "–" : signed(d) })));
+        });
+      });
+      var head = el("tr", {}, el("th", { text: "Row" }), el("th", { text: "Metric" }), el("th", { class: "num", text: "Base" }),
+        el("th", { class: "num", text: "Aligned" }), el("th", { class: "num", text: "Δ" }));
+      wrap.appendChild(el("h2", { text: split + " · " + (entry.benchmark || "benchmark") + (M.isNum(entry.items) ? " (" + entry.items + " items)" : "") }));
+      wrap.appendChild(el("table", { class: "table compact benchmark-table", "data-benchmark": entry.benchmark || "" }, el("thead", {}, head), tbody));
+    });
+    if (Object.keys(benchmarks).length) {
+      wrap.appendChild(el("p", { class: "muted small", text: "Benchmark splits are scored by the benchmark's own scorer, as `mbpo eval benchmark` scores them (docs/benchmarks.md); Δ = aligned − base, without an interval." }));
+    }
+  }
+
   function render(scores) {
     var base = scores.base || {}, aligned = scores.aligned || {}, significance = scores.significance || {};
+    var benchmarks = scores.benchmarks || {};
     var splits = Object.keys(base).concat(Object.keys(aligned).filter(function (s) { return !(s in base); })).sort(splitOrder);
     var wrap = M.clear(document.getElementById("score-table-wrap"));
     var chart = M.clear(document.getElementById("score-chart"));
     if (!splits.length) {
-      wrap.appendChild(el("p", { class: "muted", text: "No evaluation scores yet: they appear when the run has finished its evaluation stage." }));
+      if (Object.keys(benchmarks).length) {
+        renderBenchmarks(wrap, benchmarks);
+      } else {
+        wrap.appendChild(el("p", { class: "muted", text: "No evaluation scores yet: they appear when the run has finished its evaluation stage." }));
+      }
       return;
     }
     var used = METRICS.filter(function (m) {
@@ -76,6 +114,7 @@
     wrap.appendChild(el("p", { class: "muted small", text: Object.keys(significance).length
       ? "Δ = aligned − base on the same questions, with its 95% paired bootstrap interval (questions resampled; F1 and the other rates recomputed on each resample). A change is coloured only when its interval excludes 0."
       : "This run recorded no intervals (it predates them): the changes are shown without a verdict." }));
+    renderBenchmarks(wrap, benchmarks);
 
     var main = used.some(function (m) { return m[0] === "f1"; }) ? "f1" : "accuracy";
     var label = main === "f1" ? "F1" : "Accuracy";
