@@ -1,5 +1,7 @@
-"""`mbpo eval benchmark`: score a model on POPE, CHAIR, AMBER or MME from their official local files
-(docs/benchmarks.md), print the metric table and save the answers as JSON lines.
+"""`mbpo eval benchmark`: score a model on a benchmark (POPE, CHAIR, AMBER, MME, MMHal-Bench,
+MMBench, MMStar, AI2D) from its official local files (docs/benchmarks.md), print the metric table and
+save the answers as JSON lines. MMHal-Bench's judge model is configured here (--judge-url,
+--judge-model, the key from an environment variable) and checked before the model loads.
 
 Heavy imports (torch, the model) happen inside the command so `mbpo --help` stays instant.
 """
@@ -12,8 +14,9 @@ import typer
 from rich.table import Table
 
 from mbpo_cli.testbed import _plain_library_output, _print_table, console, eval_app, progress_reporter
+from mbpo_core.evaluation.benchmarks import BENCHMARKS
 
-NAMES = ("pope", "chair", "amber", "mme")
+NAMES = tuple(BENCHMARKS)
 
 
 def metrics_table(title: str, tables: dict[str, dict[str, float]]) -> Table:
@@ -41,7 +44,12 @@ def benchmark_command(
     data: Path = typer.Option(
         ..., "--data", help="The benchmark's files: a question / query / annotation file or its folder."
     ),
-    images: Path | None = typer.Option(None, "--images", help="Image directory (POPE, CHAIR, AMBER)."),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="Image directory (POPE, CHAIR, AMBER, MMHal-Bench); for the TSV benchmarks the folder "
+        "their base64 images decode to (default: <tsv stem>_images/ beside the file).",
+    ),
     model: Path | None = typer.Option(
         None, "--model", help="Model directory (save_pretrained + processor files)."
     ),
@@ -58,6 +66,16 @@ def benchmark_command(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     threads: int = typer.Option(1, "--threads", help="CPU threads (1 is fastest on a shared machine)."),
+    judge_url: str | None = typer.Option(
+        None, "--judge-url", help="MMHal-Bench: the judge's OpenAI-compatible URL (.../v1)."
+    ),
+    judge_model: str | None = typer.Option(None, "--judge-model", help="MMHal-Bench: the judge model name."),
+    judge_key_env: str | None = typer.Option(
+        None,
+        "--judge-key-env",
+        help="MMHal-Bench: environment variable holding the judge's API key (default: OPENAI_API_KEY "
+        "when set; none for a local server).",
+    ),
 ) -> None:
     """Score a model on a hallucination benchmark from its local files; print the metrics."""
     if name not in NAMES:
@@ -68,10 +86,13 @@ def benchmark_command(
         raise typer.BadParameter("only CHAIR scores captions made elsewhere", param_hint="--captions")
     if captions is None and model is None:
         raise typer.BadParameter("required (or --captions for CHAIR)", param_hint="--model")
-    from mbpo_core.evaluation.benchmarks import BENCHMARKS, chair
-    from mbpo_core.evaluation.benchmarks.common import BenchmarkDataError
+    from mbpo_core.evaluation.benchmarks import chair
+    from mbpo_core.evaluation.benchmarks.common import BenchmarkDataError, scored_by_judge
 
     benchmark = BENCHMARKS[name]
+    score_options = {}
+    if scored_by_judge(benchmark) or any(o is not None for o in (judge_url, judge_model, judge_key_env)):
+        score_options["judge"] = _judge(name, judge_url, judge_model, judge_key_env)
     try:
         if captions is not None:
             _print_table(metrics_table(f"chair: {captions}", chair.score_captions(captions, data)))
@@ -85,7 +106,8 @@ def benchmark_command(
 
     import torch
 
-    from mbpo_core.evaluation.benchmarks.runner import evaluate_benchmark, write_predictions
+    from mbpo_core.evaluation.benchmarks.judge import JudgeError
+    from mbpo_core.evaluation.benchmarks.runner import generate_answers, write_predictions
     from mbpo_core.models.device import resolve_device, resolve_dtype
     from mbpo_core.models.loader import load_adapter
 
@@ -94,19 +116,42 @@ def benchmark_command(
         resolved = resolve_device(device)
         adapter = load_adapter(model, device=resolved, dtype=resolve_dtype("auto", resolved))
         progress.start(f"evaluate {name}", len(items))
-        result = evaluate_benchmark(
+        answers = generate_answers(
             adapter,
-            benchmark,
             items,
             batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_new_tokens or benchmark.MAX_NEW_TOKENS,
             on_batch=progress.advance,
         )
-    if out is not None:
-        write_predictions(out, items, result.answers)
-    _print_table(metrics_table(f"{name}: {model}", result.metrics))
-    if out is not None:
+    if out is not None:  # before scoring: a judge that fails leaves the answers saved
+        write_predictions(out, items, answers)
         console.print(f"answers written: {out}")
+    try:
+        metrics = benchmark.score(items, answers, **score_options)
+    except JudgeError as error:
+        console.print(f"[bold red]{name}: {error}", soft_wrap=True)
+        raise typer.Exit(code=1) from error
+    _print_table(metrics_table(f"{name}: {model}", metrics))
+
+
+def _judge(name: str, url: str | None, model: str | None, key_env: str | None) -> object:
+    """The judge a benchmark scored by one needs, built from the options; a usage error (exit 2)
+    when it is missing or given to a benchmark that takes none. Nothing is sent yet."""
+    from mbpo_core.evaluation.benchmarks.common import scored_by_judge
+    from mbpo_core.evaluation.benchmarks.judge import ChatJudge, api_key_from_env
+
+    if not scored_by_judge(BENCHMARKS[name]):
+        raise typer.BadParameter(f"{name} is not scored by a judge model", param_hint="--judge-url")
+    if url is None or model is None:
+        raise typer.BadParameter(
+            f"{name} is scored by a judge model: give --judge-url and --judge-model "
+            "(an OpenAI-compatible server you run)",
+            param_hint="--judge-url / --judge-model",
+        )
+    try:
+        return ChatJudge(url=url, model=model, api_key=api_key_from_env(key_env))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--judge-url / --judge-key-env") from error
 
 
 def register(app: typer.Typer) -> None:

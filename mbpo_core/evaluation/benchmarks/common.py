@@ -8,6 +8,7 @@ reference code computes them). `runner.py` generates the answers. Torch-free.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ class BenchmarkItem:
 
 
 class Benchmark(Protocol):
-    """A benchmark module (pope, chair, amber, mme) satisfies this."""
+    """A benchmark module (pope, chair, amber, mme, mmhal, mmbench, mmstar, ai2d) satisfies this.
+    A scorer may take keyword options beyond these two arguments (mmhal's `judge`)."""
 
     NAME: str
     # Generation length the benchmark's answers need (yes/no: a few tokens; captions: many).
@@ -52,6 +54,11 @@ class Benchmark(Protocol):
     def load(self, data: Path, images: Path | None = None) -> list[BenchmarkItem]: ...
 
     def score(self, items: Sequence[BenchmarkItem], answers: Sequence[str]) -> MetricTables: ...
+
+
+def scored_by_judge(benchmark: Any) -> bool:
+    """Whether a benchmark's `score` needs a judge model (it takes a `judge` keyword argument)."""
+    return "judge" in inspect.signature(benchmark.score).parameters
 
 
 def read_json(path: Path) -> Any:

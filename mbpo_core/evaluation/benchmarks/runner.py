@@ -17,7 +17,7 @@ answers and metric tables out; `write_predictions` saves the answers as JSON lin
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from mbpo_core.evaluation.benchmarks import BENCHMARKS
-from mbpo_core.evaluation.benchmarks.common import Benchmark, BenchmarkItem, MetricTables
+from mbpo_core.evaluation.benchmarks.common import Benchmark, BenchmarkItem, MetricTables, scored_by_judge
 from mbpo_core.models.base import VLMAdapter
 
 ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
@@ -174,10 +174,16 @@ def evaluate_benchmark(
     batch_size: int = 16,
     max_new_tokens: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    score_options: Mapping[str, Any] | None = None,
 ) -> BenchmarkResult:
     """Answers for `items` (from `benchmark.load`) and the benchmark's metric tables.
-    `max_new_tokens` defaults to the benchmark's own (`MAX_NEW_TOKENS`)."""
+    `max_new_tokens` defaults to the benchmark's own (`MAX_NEW_TOKENS`); `score_options` are the
+    scorer's keyword arguments (mmhal's `judge`). A benchmark scored by a judge is refused before
+    any generation when `score_options` has none."""
     module = resolve_benchmark(benchmark)
+    score_options = dict(score_options or {})
+    if scored_by_judge(module) and score_options.get("judge") is None:
+        raise ValueError(f"{module.NAME} is scored by a judge model; pass score_options={{'judge': ...}}")
     answers = generate_answers(
         adapter,
         items,
@@ -185,7 +191,7 @@ def evaluate_benchmark(
         max_new_tokens=max_new_tokens or module.MAX_NEW_TOKENS,
         on_batch=on_batch,
     )
-    return BenchmarkResult(answers=answers, metrics=module.score(items, answers))
+    return BenchmarkResult(answers=answers, metrics=module.score(items, answers, **score_options))
 
 
 def write_predictions(path: Path, items: Sequence[BenchmarkItem], answers: Sequence[str]) -> None:
