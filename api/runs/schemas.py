@@ -56,8 +56,9 @@ class RunRead(BaseModel):
         None,
         description="Evaluation when done: `base` and `aligned` by split, their `delta`, and "
         "`significance` (per split: 95% paired bootstrap interval of each delta, McNemar on accuracy); "
-        "`benchmarks`, per benchmark split: `benchmark`, `items` and the benchmark's metric tables "
-        "(row -> metric) for `base`, `aligned` and `delta` (docs/benchmarks.md).",
+        "`benchmarks`, per benchmark split: `benchmark`, `items`, the benchmark's metric tables "
+        "(row -> metric) for `base`, `aligned` and `delta`, and the scorer's order of `rows` and "
+        "`metrics` (docs/benchmarks.md).",
     )
     base_model_id: str
     offline_dataset_id: str | None

@@ -548,8 +548,9 @@ def evaluate(
 
     A benchmark split is scored by the benchmark's runner and scorer with its own answer length
     (`eval.limit`: its first N items, as `mbpo eval benchmark --limit`); `benchmarks` holds, per
-    split, the benchmark's name, its item count and its metric tables for base, aligned and their
-    delta. Cached in eval/<model>/benchmarks/<split>.json, answers in <split>.answers.jsonl."""
+    split, the benchmark's name, its item count, its metric tables for base, aligned and their
+    delta, and the scorer's order of their rows and metrics. Cached in
+    eval/<model>/benchmarks/<split>.json, the answers in <split>.answers.jsonl."""
     if (cached := finished_result(layout, "evaluating")) is not None:
         return cached
     from mbpo_core.evaluation.evaluate import SampleResult, balanced_subset, evaluate_manifest
@@ -633,6 +634,7 @@ def evaluate(
             split: {
                 "benchmark": source.name,
                 "items": len(items[split]),
+                **_table_order(tables[BASE][split]),
                 BASE: tables[BASE][split],
                 ALIGNED: tables[ALIGNED][split],
                 "delta": metric_deltas(tables[BASE][split], tables[ALIGNED][split]),
@@ -647,6 +649,14 @@ def evaluate(
     layout.write_json(layout.eval_dir / "report.json", result)
     layout.write_json(layout.stage_file("evaluating"), result)
     return result
+
+
+def _table_order(tables: MetricTables) -> dict[str, list[str]]:
+    """The rows and metrics in the scorer's order (a JSON object's order does not survive JSONB)."""
+    metrics: dict[str, None] = {}
+    for row in tables.values():
+        metrics.update(dict.fromkeys(row))
+    return {"rows": list(tables), "metrics": list(metrics)}
 
 
 def _benchmark_tables(

@@ -46,12 +46,12 @@
   function renderBenchmarks(wrap, benchmarks) {
     Object.keys(benchmarks).sort().forEach(function (split) {
       var entry = benchmarks[split] || {}, base = entry.base || {}, aligned = entry.aligned || {};
-      var rows = Object.keys(base).concat(Object.keys(aligned).filter(function (r) { return !(r in base); }));
+      var rows = entry.rows || Object.keys(base).concat(Object.keys(aligned).filter(function (r) { return !(r in base); }));
       var tbody = el("tbody");
       rows.forEach(function (row) {
         var b = base[row] || {}, a = aligned[row] || {};
-        var metrics = Object.keys(b).concat(Object.keys(a).filter(function (m) { return !(m in b); }))
-          .filter(function (m) { return m !== "n"; });
+        var metrics = (entry.metrics || Object.keys(b).concat(Object.keys(a).filter(function (m) { return !(m in b); })))
+          .filter(function (m) { return m !== "n" && (m in b || m in a); });
         metrics.forEach(function (metric, i) {
           var d = M.isNum(b[metric]) && M.isNum(a[metric]) ? a[metric] - b[metric] : null;
           tbody.appendChild(el("tr", { "data-benchmark-split": split, "data-row": row, "data-metric": metric },
@@ -69,7 +69,7 @@
       wrap.appendChild(el("table", { class: "table compact benchmark-table", "data-benchmark": entry.benchmark || "" }, el("thead", {}, head), tbody));
     });
     if (Object.keys(benchmarks).length) {
-      wrap.appendChild(el("p", { class: "muted small", text: "Benchmark splits are scored by the benchmark's own scorer, as `mbpo eval benchmark` scores them (docs/benchmarks.md); Δ = aligned − base, without an interval." }));
+      wrap.appendChild(el("p", { class: "muted small", text: "Benchmark splits are scored by the benchmark's own scorer, as mbpo eval benchmark scores them (docs/benchmarks.md); Δ = aligned − base, without an interval." }));
     }
   }
 
