@@ -132,7 +132,9 @@ def test_bad_rows_name_the_file_and_line(tmp_path: Path) -> None:
 
     rows = mmbench_rows()
     rows[1]["answer"] = "D"  # question 1 has no option D
-    with pytest.raises(BenchmarkDataError, match=r"answer 'D' is not one of the options \(A, B, C\)") as caught:
+    with pytest.raises(
+        BenchmarkDataError, match=r"answer 'D' is not one of the options \(A, B, C\)"
+    ) as caught:
         mmbench.load(write_mmbench(tmp_path, rows))
     assert caught.value.line == 3
 
@@ -145,7 +147,7 @@ def test_bad_rows_name_the_file_and_line(tmp_path: Path) -> None:
 
     columns = [c for c in MMBENCH_COLUMNS if c != "answer"]
     path = write_tsv(tmp_path / "no_answer.tsv", mmbench_rows(), columns)
-    with pytest.raises(BenchmarkDataError, match="missing column.*answer") as caught:
+    with pytest.raises(BenchmarkDataError, match=r"missing column.*answer") as caught:
         mmbench.load(path)
     assert caught.value.path == path and caught.value.line == 1
 

@@ -78,7 +78,9 @@ def test_mmstar_bad_rows_name_the_line(tmp_path: Path) -> None:
     rows = star_rows()
     rows[1]["answer"] = "E"
     path = write_tsv(tmp_path / "MMStar.tsv", rows)
-    with pytest.raises(BenchmarkDataError, match=r"answer 'E' is not one of the options \(A, B, C, D\)") as caught:
+    with pytest.raises(
+        BenchmarkDataError, match=r"answer 'E' is not one of the options \(A, B, C, D\)"
+    ) as caught:
         mmstar.load(path)
     assert caught.value.path == path and caught.value.line == 4
     rows = star_rows()
@@ -87,7 +89,7 @@ def test_mmstar_bad_rows_name_the_line(tmp_path: Path) -> None:
         mmstar.load(write_tsv(tmp_path / "MMStar.tsv", rows))
     assert caught.value.line == 6
     rows = [{k: v for k, v in r.items() if k != "category"} for r in star_rows()]
-    with pytest.raises(BenchmarkDataError, match="missing column.*category") as caught:
+    with pytest.raises(BenchmarkDataError, match=r"missing column.*category") as caught:
         mmstar.load(write_tsv(tmp_path / "MMStar.tsv", rows))
     assert caught.value.line == 1
     rows = star_rows()
