@@ -165,7 +165,6 @@ class Row:
 class Table:
     """A benchmark TSV file's rows and the cache their images decode into."""
 
-    path: Path
     rows: list[Row]
     images: ImageCache
 
@@ -192,4 +191,4 @@ def read_table(data: Path, images: Path | None, required: Sequence[str]) -> Tabl
     if not rows:
         raise BenchmarkDataError(data, "no rows after the header")
     fields_by_index = {str(row.index): row.fields["image"] for row in rows}
-    return Table(data, rows, ImageCache(data, images or default_cache(data), fields_by_index))
+    return Table(rows, ImageCache(data, images or default_cache(data), fields_by_index))
