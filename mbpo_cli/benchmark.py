@@ -42,7 +42,7 @@ def metrics_table(title: str, tables: dict[str, dict[str, float]]) -> Table:
 def benchmark_command(
     name: str = typer.Option(..., "--name", help=f"Benchmark: {', '.join(NAMES)}."),
     data: Path = typer.Option(
-        ..., "--data", help="The benchmark's files: a question / query / annotation file or its folder."
+        ..., "--data", help="The benchmark's files: a question / query / annotation / TSV file or its folder."
     ),
     images: Path | None = typer.Option(
         None,
@@ -77,7 +77,7 @@ def benchmark_command(
         "when set; none for a local server).",
     ),
 ) -> None:
-    """Score a model on a hallucination benchmark from its local files; print the metrics."""
+    """Score a model on a benchmark from its official local files; print the metrics."""
     if name not in NAMES:
         raise typer.BadParameter(
             f"unknown benchmark {name!r}; one of {', '.join(NAMES)}", param_hint="--name"
