@@ -67,6 +67,7 @@ def test_a_benchmark_registers_from_server_paths(
     ("change", "code", "field"),
     [
         ({"benchmark": "popee"}, "unknown_benchmark", "benchmark"),
+        ({"benchmark": "mmhal"}, "judge_required", "benchmark"),  # no judge in the service
         ({"benchmark": None, "format": "benchmark"}, "validation_error", "benchmark"),
         ({"benchmark": None}, "validation_error", "images"),  # images belong to benchmarks
         ({"format": "trl"}, "validation_error", "format"),

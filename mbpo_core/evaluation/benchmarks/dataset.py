@@ -10,7 +10,6 @@ is what a dataset's stats show (items per split, subtask, ...).
 
 from __future__ import annotations
 
-import inspect
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from mbpo_core.evaluation.benchmarks import BENCHMARKS
-from mbpo_core.evaluation.benchmarks.common import BenchmarkItem
+from mbpo_core.evaluation.benchmarks.common import BenchmarkItem, scored_by_judge
 
 # The meta key that groups a benchmark's items in its metric tables, most specific first: POPE's
 # question files ("split"), MME's folders ("subtask"), AMBER's query types ("type"), the TSV
@@ -39,13 +38,13 @@ def service_refusal(name: str) -> Refusal | None:
         return Refusal(
             "unknown_benchmark", f"unknown benchmark {name!r}; one of {', '.join(sorted(BENCHMARKS))}"
         )
-    if "judge" in inspect.signature(module.score).parameters:
+    if scored_by_judge(module):
         # A judge is an external model (an OpenAI-compatible URL and a key) the user runs; the
         # service has no setting for one, so a run could only fail at its last stage.
         return Refusal(
             "judge_required",
             f"{name} is scored by a judge model, which the service does not configure; score it with "
-            f"`mbpo eval benchmark --name {name}` and the judge options instead",
+            f"`mbpo eval benchmark --name {name} --judge-url URL --judge-model NAME` instead",
         )
     return None
 
