@@ -88,7 +88,8 @@ class Reader:
     """Read-only database work of a request, in one thread hop: `await read(work)` takes a
     read slot (api.limits), then runs `work(session)` in a worker thread with a fresh autocommit
     session (infra.db.session.make_read_session_factory: no BEGIN or ROLLBACK round trips; never
-    write with it), and closes it before returning what `work` returned. Build the response inside `work`, while the session is open.
+    write with it), and closes it before returning what `work` returned. Build the response inside
+    `work`, while the session is open.
 
     A read route is `async def` and awaits its reader, instead of a sync route on `SessionDep`: that
     costs four thread hops (session setup, endpoint, response validation, session teardown) and

@@ -39,12 +39,18 @@ _CHUNK = 256  # resamples per matrix product (bounds memory to CHUNK x questions
 class Outcome(Protocol):
     """What a comparison needs of one answered question (evaluate.SampleResult has it)."""
 
-    id: str
-    task: str
-    answer: str
-    correct: bool
-    parsed: Any
-    iig: float
+    @property
+    def id(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def answer(self) -> str: ...
+    @property
+    def correct(self) -> bool: ...
+    @property
+    def parsed(self) -> Any: ...
+    @property
+    def iig(self) -> float: ...
 
 
 @dataclass(frozen=True)
