@@ -34,9 +34,7 @@ def _record_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None
     record.info[_RETURNED_AT] = time.monotonic()
 
 
-def _ping_if_idle(
-    dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
-) -> None:
+def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
     returned_at = record.info.get(_RETURNED_AT)
     if returned_at is None or time.monotonic() - returned_at < PING_AFTER_IDLE_S:
         return  # new (just connected) or in steady use

@@ -39,7 +39,9 @@ def test_a_connection_killed_while_idle_is_replaced_before_use(
     assert _backend_pid(engine) != first
 
 
-def test_only_a_connection_idle_for_a_while_is_pinged(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_a_connection_idle_for_a_while_is_pinged(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pings: list[object] = []
     real_ping = db_session._ping
     monkeypatch.setattr(db_session, "_ping", lambda conn: (pings.append(conn), real_ping(conn)))
