@@ -224,37 +224,55 @@ DEFAULT_COMPARISONS = (
     "mbpo-base",
     "mbpo-grpo_online",
 )
-COMPARED = (("pope_adversarial", "f1"), ("pope_random", "f1"), ("pope_adversarial", "false_yes_rate"))
+COMPARED = (
+    ("pope_adversarial", "f1"),
+    ("pope_adversarial", "recall"),
+    ("pope_adversarial", "false_yes_rate"),
+    ("pope_random", "f1"),
+)
+
+
+def _cell(interval: Any) -> str:
+    verdict = "" if interval.significant else " n.s."
+    low, high = 100 * interval.low, 100 * interval.high
+    return f"{100 * interval.delta:+.1f} [{low:+.1f}, {high:+.1f}]{verdict}"
 
 
 def comparisons(out: Path, results: list[dict[str, Any]], pairs: list[str], prefix: str) -> str:
     """Markdown: for each `a-b` pair of rows, a - b on the COMPARED metrics pooled over the seeds
-    both rows finished, with the 95% two-level bootstrap interval (points of %)."""
-    from mbpo_core.evaluation.stats import pooled_intervals
+    both rows finished (95% two-level bootstrap interval), then each seed alone (95% paired
+    bootstrap over its questions, McNemar's p on accuracy of the first compared split); points of %."""
+    from mbpo_core.evaluation.stats import mcnemar, paired_intervals, pooled_intervals
 
     header = ["comparison", "seeds"] + [f"{split} {metric}" for split, metric in COMPARED]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    pooled = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = ["comparison", "seed"] + [f"{split} {metric}" for split, metric in COMPARED]
+    header.append(f"{COMPARED[0][0]} McNemar p")
+    per_seed = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     finished = {(r["seed"], r["row"]) for r in results}
     for pair in pairs:
         a, b = pair.split("-", 1)
         seeds = sorted(s for s, row in finished if row == a and (s, b) in finished)
-        if not seeds:
+        answers = {
+            (s, split): (load_answers(out, s, b, prefix + split), load_answers(out, s, a, prefix + split))
+            for s in seeds
+            for split in {split for split, _ in COMPARED}
+        }
+        if not seeds or any(x is None or y is None for x, y in answers.values()):
             continue
         cells = [f"{a} - {b}", str(len(seeds))]
         for split, metric in COMPARED:
-            runs = [
-                (load_answers(out, s, b, prefix + split), load_answers(out, s, a, prefix + split))
-                for s in seeds
-            ]
-            if any(x is None or y is None for x, y in runs):
-                cells.append("-")
-                continue
-            interval = pooled_intervals(runs, seed=0)[metric]  # type: ignore[arg-type]
-            verdict = "" if interval.significant else " n.s."
-            low, high = 100 * interval.low, 100 * interval.high
-            cells.append(f"{100 * interval.delta:+.1f} [{low:+.1f}, {high:+.1f}]{verdict}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            runs = [answers[s, split] for s in seeds]
+            cells.append(_cell(pooled_intervals(runs, seed=0)[metric]))  # type: ignore[arg-type]
+        pooled.append("| " + " | ".join(cells) + " |")
+        for s in seeds:
+            cells = [f"{a} - {b}", str(s)]
+            for split, metric in COMPARED:
+                cells.append(_cell(paired_intervals(*answers[s, split], seed=0)[metric]))  # type: ignore[arg-type]
+            test = mcnemar(*answers[s, COMPARED[0][0]])  # type: ignore[arg-type]
+            cells.append(f"{test.p_value:.3g} ({test.base_only} / {test.aligned_only})")
+            per_seed.append("| " + " | ".join(cells) + " |")
+    return "\n".join(pooled) + "\n\nPer seed:\n\n" + "\n".join(per_seed)
 
 
 def main() -> None:
