@@ -14,6 +14,10 @@ pope_popular / pope_adversarial / vqa. Rows:
     dpo_random    TRL DPOTrainer on pairs with random negatives: pool samples drawn at random (no IIG
                   filter, no attack), rejected = a random wrong answer of the task's answer space
                   (mbpo_core.training.baselines)
+    dpo_noise     TRL DPOTrainer on the random-noise pairs of the same mining (rejected = the model's
+                  answer on the image under uniform sign noise of the attack's budget: the paper's
+                  key baseline; mining/noise_pairs.jsonl)
+    dpo_pgd       TRL DPOTrainer on the mined PGD pairs (mining/pairs.jsonl)
     grpo_online   hybrid trainer with offline_fraction = 0 (plain online GRPO, verified rewards)
     offline_only  hybrid trainer with offline_fraction = 1 (mined pairs + G-2 samples, no online prompts)
     mbpo          hybrid trainer with the recipe's offline_fraction
@@ -41,7 +45,7 @@ import torch
 
 from mbpo_core.config import MBPOConfig
 
-ROWS = ("base", "sft", "dpo_random", "grpo_online", "offline_only", "mbpo")
+ROWS = ("base", "sft", "dpo_random", "dpo_noise", "dpo_pgd", "grpo_online", "offline_only", "mbpo")
 SPLITS = ("pope_random", "pope_popular", "pope_adversarial", "vqa")
 POPE_COLUMNS = ("f1", "accuracy", "yes_ratio", "unparsable_rate")
 
@@ -149,20 +153,26 @@ def load_answers(out: Path, seed: int, row: str, split: str) -> list[Any] | None
 
 
 def run_cell(row: str, seed: int, testbed: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from mbpo_core.mining.mine import mine
+    from mbpo_core.mining.mine import NOISE_PAIRS, mine
     from mbpo_core.models.loader import load_adapter
-    from mbpo_core.training.baselines import train_dpo_random, train_sft
+    from mbpo_core.training.baselines import train_dpo_pairs, train_dpo_random, train_sft
 
     config = base_config(args.recipe, seed, args.steps)
     work = args.out / f"seed-{seed}"
     pairs = work / "mining" / "pairs.jsonl"
-    if row in ("offline_only", "mbpo") and not (work / "mining" / "summary.json").exists():
+    if (
+        row in ("dpo_noise", "dpo_pgd", "offline_only", "mbpo")
+        and not (work / "mining" / "summary.json").exists()
+    ):
         mine(load_adapter(testbed / "base_model"), manifest(testbed, "offline"), work / "mining", config)
     start = time.perf_counter()
     if row == "base":
         model_dir = testbed / "base_model"
     elif row == "sft":
         model_dir = train_sft(testbed / "base_model", manifest(testbed, "sft"), work / row, config)
+    elif row in ("dpo_noise", "dpo_pgd"):
+        mined = pairs if row == "dpo_pgd" else work / "mining" / NOISE_PAIRS
+        model_dir = train_dpo_pairs(testbed / "base_model", mined, work / row, config)
     elif row == "dpo_random":
         n_pairs = config.mining.limit or 200
         model_dir = train_dpo_random(
@@ -219,10 +229,13 @@ def table(results: list[dict[str, Any]]) -> str:
 DEFAULT_COMPARISONS = (
     "sft-base",
     "dpo_random-base",
+    "dpo_noise-base",
+    "dpo_pgd-base",
     "grpo_online-base",
     "offline_only-base",
     "mbpo-base",
     "mbpo-grpo_online",
+    "mbpo-dpo_noise",
 )
 COMPARED = (
     ("pope_adversarial", "f1"),

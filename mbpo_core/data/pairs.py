@@ -31,5 +31,6 @@ def read_pairs(path: str | Path, *, resolve_images: bool = False) -> list[dict[s
     if resolve_images:
         for pair in pairs:
             pair["image"] = str(base / pair["image"])
-            pair["perturbed_image"] = str(base / pair["perturbed_image"])
+            if "perturbed_image" in pair:  # noise pairs (mining/noise_pairs.jsonl) have none
+                pair["perturbed_image"] = str(base / pair["perturbed_image"])
     return pairs

@@ -329,9 +329,10 @@ def mine_batch(
     adv_pred = decode(adv, sub_q)
     noise_pred: list[str | None] = [None] * len(idx)
     logp_noise: list[float | None] = [None] * len(idx)
-    # The baseline is compared with the attack's success rate, which counts only the samples
-    # answered correctly on the clean image: the others need no noise run.
-    baseline = [j for j, i in enumerate(idx) if records[i]["status"] == "attacked"]
+    # Every sample the attack runs on also gets the noise run: its success rate (report.attack_rates)
+    # counts only the samples answered correctly on the clean image, and the answers on all of
+    # them are the rejected sides of the random-noise DPO baseline (noise_pairs.jsonl).
+    baseline = list(range(len(idx)))
     if config.mining.random_noise_baseline and baseline:
         interrupt_if(should_stop)
         noisy = quantize_uint8(
@@ -477,6 +478,24 @@ def pair_line(record: Record) -> dict[str, Any]:
     return line
 
 
+# The paper's key baseline: rejected = the answer on the image perturbed by uniform sign noise of
+# the attack's budget (not saved: training uses the clean image), chosen = the ground truth.
+NOISE_PAIRS = "noise_pairs.jsonl"
+
+
+def noise_pair_line(record: Record) -> dict[str, Any]:
+    """One line of noise_pairs.jsonl: pairs.jsonl's fields, rejected from the noise image, and no
+    `perturbed_image`."""
+    line = pair_line(record)
+    del line["perturbed_image"], line["logp_adv"]
+    line.update(
+        rejected=record["noise_prediction"],
+        logp_noise=record["logp_noise"],
+        prior_agreement=record["noise_prior_agreement"],
+    )
+    return line
+
+
 def balance_yes_no(records: Sequence[Record]) -> list[Record]:
     """The records (in order, which is highest IIG first) with as many yes/no pairs whose chosen
     answer is "yes" as "no": the first n of each, n the smaller count. Other tasks are all kept, and
@@ -510,6 +529,14 @@ def _finish(
     pairs = [pair_line(r) for r in kept]
     write_atomic(
         out / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs).encode()
+    )
+    noisy = [r for r in records if r.get("noise_correct") is False]
+    noise_pairs = [
+        noise_pair_line(r) for r in (balance_yes_no(noisy) if config.mining.balance_yes_no else noisy)
+    ]
+    write_atomic(
+        out / NOISE_PAIRS,
+        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in noise_pairs).encode(),
     )
     skipped = skipped + Counter(r["reason"] for r in records if r.get("status") == "error")
     stats = summarize_records(records)

@@ -3,8 +3,10 @@
 - `train_sft`: more supervised training (teacher-forced NLL of the ground-truth answer) on a
   manifest, for as many sequences as a GRPO run of the same config trains on;
 - `train_dpo_random`: TRL's DPOTrainer on pairs whose rejected side is a random wrong answer of
-  the task's answer space, on random pool samples (no IIG filter, no attack): the paper's
-  random-negative comparison.
+  the task's answer space, on random pool samples (no IIG filter, no attack);
+- `train_dpo_pairs`: the same DPO on a pairs file of mining: `pairs.jsonl` (rejected = the answer
+  on the PGD image: DPO on the mined pairs) or `noise_pairs.jsonl` (rejected = the answer on the
+  image under uniform noise of the same budget: the paper's random-noise-image baseline).
 
 Online GRPO alone and the offline pairs alone are the hybrid trainer with `offline_fraction` 0
 and 1 (`training.session.train_policy`). Each function writes a loadable model to `out/model` and
@@ -14,6 +16,7 @@ returns it; a finished one is reused.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,20 +91,59 @@ def random_wrong_answer(rng: random.Random, task: str, answer: str, choices: tup
     raise ValueError(f"no random wrong answer for task {task!r}")
 
 
+@dataclass(frozen=True)
+class PreferencePair:
+    image: Path
+    question: str
+    chosen: str
+    rejected: str
+
+
 def train_dpo_random(
     base_model: Path, pool: Path, out: Path, config: MBPOConfig, *, n_pairs: int, beta: float = 0.1
 ) -> Path:
     """DPO on `n_pairs` random samples of the `pool` manifest: chosen = the ground truth, rejected =
-    `random_wrong_answer`; as many steps and sequences per step as the config's GRPO run."""
+    `random_wrong_answer`."""
+    rng = random.Random(config.seed)
+    closed = [s for s in read_manifest(pool) if s.task != "open"]
+    samples = rng.sample(closed, min(n_pairs, len(closed)))
+    pairs = [
+        PreferencePair(
+            resolve_image_path(pool.parent, s.image, line=s.line),
+            s.question,
+            s.answer,
+            random_wrong_answer(rng, s.task, s.answer, tuple(s.choices)),
+        )
+        for s in samples
+    ]
+    return train_dpo(base_model, pairs, out, config, beta=beta)
+
+
+def train_dpo_pairs(
+    base_model: Path, pairs_file: Path, out: Path, config: MBPOConfig, *, beta: float = 0.1
+) -> Path:
+    """DPO on a pairs file of mining (chosen = the ground truth, rejected = its `rejected`), each
+    pair on its clean image."""
+    from mbpo_core.data.pairs import read_pairs
+
+    pairs = [
+        PreferencePair(Path(p["image"]), p["question"], p["chosen"], p["rejected"])
+        for p in read_pairs(pairs_file, resolve_images=True)
+    ]
+    if not pairs:
+        raise ValueError(f"{pairs_file} holds no pairs")
+    return train_dpo(base_model, pairs, out, config, beta=beta)
+
+
+def train_dpo(
+    base_model: Path, pairs: list[PreferencePair], out: Path, config: MBPOConfig, *, beta: float = 0.1
+) -> Path:
+    """TRL's DPOTrainer on `pairs`: as many steps and sequences per step as the config's GRPO run."""
     if (done := _done(out)) is not None:
         return done
     from datasets import Dataset
     from datasets import Image as DatasetImage
     from trl import DPOConfig, DPOTrainer
-
-    rng = random.Random(config.seed)
-    closed = [s for s in read_manifest(pool) if s.task != "open"]
-    samples = rng.sample(closed, min(n_pairs, len(closed)))
 
     def turn(role: str, text: str, image: bool = False) -> list[dict[str, Any]]:
         content = [{"type": "image"}] if image else []
@@ -109,13 +151,10 @@ def train_dpo_random(
 
     dataset = Dataset.from_dict(
         {
-            "prompt": [turn("user", s.question, image=True) for s in samples],
-            "chosen": [turn("assistant", s.answer) for s in samples],
-            "rejected": [
-                turn("assistant", random_wrong_answer(rng, s.task, s.answer, tuple(s.choices)))
-                for s in samples
-            ],
-            "images": [[str(resolve_image_path(pool.parent, s.image, line=s.line))] for s in samples],
+            "prompt": [turn("user", p.question, image=True) for p in pairs],
+            "chosen": [turn("assistant", p.chosen) for p in pairs],
+            "rejected": [turn("assistant", p.rejected) for p in pairs],
+            "images": [[str(p.image)] for p in pairs],
         }
     ).cast_column("images", [DatasetImage(mode="RGB")])
     device = resolve_device(config.device)

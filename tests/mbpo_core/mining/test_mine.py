@@ -188,9 +188,18 @@ def test_clean_wrong_samples_become_pairs_on_request(tmp_path: Path) -> None:
     records = {
         r["id"]: r for r in map(json.loads, (tmp_path / "out" / "records.jsonl").read_text().splitlines())
     }
-    assert "noise_prediction" not in records["wrong"]  # the noise baseline is for the attack's rate only
-    assert all("noise_prediction" in r for r in records.values() if r["status"] == "attacked")
+    # The noise run covers "wrong" too (its answer is a noise pair), but the noise baseline's rate
+    # still counts only the correctly answered samples.
+    assert all(
+        "noise_prediction" in r for r in records.values() if r["status"] in ("attacked", "clean_wrong")
+    )
+    assert summary.baseline_random_noise["attack_success_rate"] == 0.0
     assert summary.details["n_clean_correct"] == 4 and summary.details["n_clean_wrong"] == 1
+    noise = {p["id"]: p for p in read_pairs(tmp_path / "out" / "noise_pairs.jsonl", resolve_images=True)}
+    assert set(noise) == {"wrong"}  # noise flips none of the correct answers here
+    assert (noise["wrong"]["chosen"], noise["wrong"]["rejected"]) == ("no", "Yes.")
+    assert "perturbed_image" not in noise["wrong"] and Path(noise["wrong"]["image"]).is_file()
+    assert noise["wrong"]["logp_noise"] < 0
 
 
 def test_perturbed_png_is_within_budget_and_reproduces_the_rejected_answer(tmp_path: Path) -> None:
