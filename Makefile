@@ -16,7 +16,7 @@ SERVE_ARGS ?=
 TAG = [make $(or $(MAKECMDGOALS),$(.DEFAULT_GOAL))]
 SAY = @echo "$(TAG)"
 
-.PHONY: install install-serve chromium run demo test lint
+.PHONY: install install-serve chromium run demo test lint lmms-eval
 
 # Everything for development: `make test`, `make lint`, `.ci/run`.
 install: install-serve $(DEV_STAMP) chromium
@@ -75,11 +75,32 @@ run: install-serve demo
 	  the development admin key and a demo command to launch a run. Ctrl-C stops it.
 	@$(BIN)/mbpo serve --demo $(DEMO_TESTBED) $(SERVE_ARGS)
 
+# LMMS-Eval for `mbpo eval lmms-task` and its test (docs/benchmarks.md, "LMMS-Eval"), in a virtual
+# environment of its own: its full dependency set would replace our torch (its torchvision pulls
+# a multi-GB CUDA torch). lmms-eval itself without dependencies, then the CPU torch and only what
+# its command line, its OpenAI-compatible model and local tasks import. filelock < 4: lmms-eval
+# 0.7.3 patches `filelock._api`, which filelock 4 no longer has ("No module named 'filelock._api'").
+LMMS_VENV  := .venv-lmms
+LMMS_EVAL  := lmms-eval==0.7.3
+LMMS_DEPS  := "filelock<4" accelerate datasets evaluate jsonlines loguru openai pillow pytablewriter \
+              python-dotenv sacrebleu tenacity transformers
+LMMS_STAMP := $(LMMS_VENV)/.installed-$(LMMS_EVAL)
+
+lmms-eval: $(LMMS_STAMP)
+
+$(LMMS_STAMP):
+	$(SAY) installing $(LMMS_EVAL) into its own environment $(LMMS_VENV) "(CPU torch, no optional extras)" ...
+	@rm -rf $(LMMS_VENV) && $(PYTHON) -m venv $(LMMS_VENV)
+	@$(LMMS_VENV)/bin/pip install --progress-bar off "torch==2.13.0"
+	@$(LMMS_VENV)/bin/pip install --progress-bar off $(LMMS_DEPS)
+	@$(LMMS_VENV)/bin/pip install --progress-bar off --no-deps "$(LMMS_EVAL)"
+	@touch $@
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+test: lint lmms-eval
 	$(BIN)/pytest tests

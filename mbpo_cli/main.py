@@ -5,6 +5,7 @@
 - `worker.py`:  worker (one Celery worker)
 - `testbed.py`: testbed build, eval
 - `benchmark.py`: eval benchmark (POPE, CHAIR, AMBER, MME from their local files)
+- `lmms.py`:    eval lmms-task (POPE as a local LMMS-Eval task)
 - `mine.py`:    mine
 - `train.py`:   train, run (the whole pipeline without the service)
 - `data.py`:    data convert, data export-pairs
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import typer
 
-from mbpo_cli import benchmark, data, keys, mine, serve, testbed, train, worker
+from mbpo_cli import benchmark, data, keys, lmms, mine, serve, testbed, train, worker
 
 app = typer.Typer(
     name="mbpo",
@@ -27,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for module in (serve, keys, worker, testbed, benchmark, mine, train, data):
+for module in (serve, keys, worker, testbed, benchmark, lmms, mine, train, data):
     module.register(app)
 
 if __name__ == "__main__":
