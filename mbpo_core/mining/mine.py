@@ -57,7 +57,14 @@ from mbpo_core.mining.attack import (
     random_sign_noise,
 )
 from mbpo_core.mining.report import Record, summarize_records
-from mbpo_core.mining.store import append_line, check_run_settings, read_lines, save_pair_images, write_atomic
+from mbpo_core.mining.store import (
+    append_line,
+    check_run_settings,
+    read_lines,
+    save_clean_image,
+    save_pair_images,
+    write_atomic,
+)
 from mbpo_core.models.base import VLMAdapter
 from mbpo_core.scoring.iig import compute_iig, null_pixels
 
@@ -448,6 +455,8 @@ def mine(
             record["source_image"] = str(p.path)
             if record.get("adv_correct") is False:
                 save_pair_images(out, record, p.path, adv)
+            elif record.get("noise_correct") is False:
+                save_clean_image(out, record, p.path)
             append_line(out / "records.jsonl", record)
             finished[record["id"]] = record
         done += len(batch)

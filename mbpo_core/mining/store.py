@@ -71,14 +71,18 @@ def save_png(path: Path, pixels: torch.Tensor) -> None:
 def save_pair_images(out: Path, record: dict[str, Any], source: Path, adv: torch.Tensor) -> None:
     """The pair's clean image (a byte copy of the pool file) and its perturbed PNG, inside `out`, so
     the pairs directory is self-contained and every image path stays relative to pairs.jsonl."""
-    name = png_name(record["id"])
-    record["image"] = f"clean/{Path(name).stem}{source.suffix.lower()}"
-    record["perturbed_image"] = f"perturbed/{name}"
+    save_clean_image(out, record, source)
+    record["perturbed_image"] = f"perturbed/{png_name(record['id'])}"
+    save_png(out / record["perturbed_image"], adv)
+
+
+def save_clean_image(out: Path, record: dict[str, Any], source: Path) -> None:
+    """The clean image alone (a noise pair's: its noisy image is not kept)."""
+    record["image"] = f"clean/{Path(png_name(record['id'])).stem}{source.suffix.lower()}"
     (out / "clean").mkdir(exist_ok=True)
     tmp = out / f".{Path(record['image']).name}.tmp"
     shutil.copyfile(source, tmp)
     os.replace(tmp, out / record["image"])
-    save_png(out / record["perturbed_image"], adv)
 
 
 def check_run_settings(out_dir: Path, settings: dict[str, Any]) -> None:
