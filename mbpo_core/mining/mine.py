@@ -493,9 +493,9 @@ NOISE_PAIRS = "noise_pairs.jsonl"
 
 
 def noise_pair_line(record: Record) -> dict[str, Any]:
-    """One line of noise_pairs.jsonl: pairs.jsonl's fields, rejected from the noise image, and no
-    `perturbed_image`."""
-    line = pair_line(record)
+    """One line of noise_pairs.jsonl: pairs.jsonl's fields with the rejected answer of the noise
+    image, and no `perturbed_image` (the noisy image is not kept)."""
+    line = pair_line({**record, "perturbed_image": None, "logp_adv": None})
     del line["perturbed_image"], line["logp_adv"]
     line.update(
         rejected=record["noise_prediction"],

@@ -343,3 +343,27 @@ def test_cli_mines_with_a_real_tiny_vlm(tmp_path: Path) -> None:
     # A random-weight model never says yes/no: nothing is answered correctly, so nothing is attacked.
     assert summary["n_input"] == 4 and summary["n_pairs"] == 0 and summary["config"]["limit"] == 3
     assert summary["details"]["n_clean_wrong"] == 3
+
+
+def test_a_sample_flipped_by_noise_alone_makes_a_noise_pair() -> None:
+    """PGD left it right, noise flipped it: no perturbed image exists, the line still builds."""
+    from mbpo_core.mining.mine import noise_pair_line
+
+    record = {
+        "id": "s1",
+        "image": "clean/s1.png",
+        "question": "is s1 busy ?",
+        "task": "yes_no",
+        "answer": "yes",
+        "adv_prediction": "yes",
+        "adv_correct": True,
+        "noise_prediction": "no",
+        "noise_correct": False,
+        "noise_prior_agreement": True,
+        "logp_noise": -2.0,
+        "logp_clean": -0.1,
+        "iig": 0.5,
+    }
+    line = noise_pair_line(record)
+    assert line["rejected"] == "no" and line["chosen"] == "yes" and line["image"] == "clean/s1.png"
+    assert "perturbed_image" not in line and line["logp_noise"] == -2.0 and line["prior_agreement"] is True
