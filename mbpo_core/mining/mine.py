@@ -495,7 +495,16 @@ NOISE_PAIRS = "noise_pairs.jsonl"
 def noise_pair_line(record: Record) -> dict[str, Any]:
     """One line of noise_pairs.jsonl: pairs.jsonl's fields with the rejected answer of the noise
     image, and no `perturbed_image` (the noisy image is not kept)."""
-    line = pair_line({**record, "perturbed_image": None, "logp_adv": None})
+    # A sample flipped by noise alone has none of the PGD fields.
+    line = pair_line(
+        {
+            **record,
+            "perturbed_image": None,
+            "logp_adv": None,
+            "adv_prediction": None,
+            "adv_prior_agreement": None,
+        }
+    )
     del line["perturbed_image"], line["logp_adv"]
     line.update(
         rejected=record["noise_prediction"],

@@ -355,8 +355,6 @@ def test_a_sample_flipped_by_noise_alone_makes_a_noise_pair() -> None:
         "question": "is s1 busy ?",
         "task": "yes_no",
         "answer": "yes",
-        "adv_prediction": "yes",
-        "adv_correct": True,
         "noise_prediction": "no",
         "noise_correct": False,
         "noise_prior_agreement": True,
